@@ -1,0 +1,320 @@
+//! The `files` adapter: Parquet, CSV, newline-delimited JSON and Arrow IPC files, one file or a
+//! folder of them (hive-style `key=value/` partition folders recognised), read through DataFusion
+//! listing tables over `object_store`.
+//!
+//! Locations are paths relative to the product's folder (they may not leave it), absolute paths,
+//! or URLs (`file://` now; `s3://`, `gs://`, `az://` once their object stores are registered in
+//! the session's runtime: the code path is the same).
+//!
+//! Projection, filter and limit pushdown come from the listing table: Parquet prunes row groups
+//! and pages with statistics, every format reads only the projected columns it can and stops at
+//! the limit.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::Statistics;
+use datafusion::datasource::TableType;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::arrow::ArrowFormat;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::json::JsonFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use futures::StreamExt;
+use serde::Deserialize;
+
+use crate::{Adapter, Binding, Error, Health, OpenContext, Result};
+
+/// Binding of the `files` adapter.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FilesBinding {
+    /// A file or folder: relative to the product folder, absolute, or a URL.
+    pub location: String,
+    /// How the files are encoded.
+    pub format: FileFormatKind,
+    /// Only files ending with this are read; defaults to the format's usual extension.
+    #[serde(default)]
+    pub file_extension: Option<String>,
+    /// Options for `format: csv`.
+    #[serde(default)]
+    pub csv: Option<CsvOptions>,
+    /// Hive partition columns (`key=value/` folders) with their types. When absent they are
+    /// discovered from the folder names and typed as strings.
+    #[serde(default)]
+    pub partition_columns: Option<Vec<PartitionColumn>>,
+}
+
+/// File encodings the adapter reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormatKind {
+    /// Apache Parquet.
+    Parquet,
+    /// Comma- (or otherwise) separated values.
+    Csv,
+    /// Newline-delimited JSON, one object per line.
+    #[serde(alias = "ndjson", alias = "jsonl")]
+    Json,
+    /// Arrow IPC file format (Feather v2).
+    #[serde(alias = "ipc", alias = "feather")]
+    Arrow,
+}
+
+/// CSV options.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CsvOptions {
+    /// Whether the first line holds column names (default true).
+    #[serde(default = "yes")]
+    pub has_header: bool,
+    /// Field delimiter, one ASCII character (default `,`).
+    #[serde(default = "comma")]
+    pub delimiter: char,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        Self { has_header: true, delimiter: ',' }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn comma() -> char {
+    ','
+}
+
+/// A hive partition column.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionColumn {
+    /// Column name, as in `name=value/` folders.
+    pub name: String,
+    /// Type of its values.
+    #[serde(rename = "type")]
+    pub kind: PartitionType,
+}
+
+/// Types a partition value may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionType {
+    /// UTF-8 text.
+    String,
+    /// 64-bit integer.
+    Integer,
+    /// Calendar date (`YYYY-MM-DD`).
+    Date,
+}
+
+impl PartitionType {
+    fn data_type(self) -> DataType {
+        match self {
+            PartitionType::String => DataType::Utf8,
+            PartitionType::Integer => DataType::Int64,
+            PartitionType::Date => DataType::Date32,
+        }
+    }
+}
+
+impl FilesBinding {
+    fn format(&self) -> Result<Arc<dyn FileFormat>> {
+        Ok(match self.format {
+            FileFormatKind::Parquet => Arc::new(ParquetFormat::default()),
+            FileFormatKind::Csv => {
+                let o = self.csv.clone().unwrap_or_default();
+                if !o.delimiter.is_ascii() {
+                    return Err(Error::InvalidBinding(format!(
+                        "csv.delimiter `{}` is not one ASCII character; use e.g. `,`, `;` or `\\t`",
+                        o.delimiter
+                    )));
+                }
+                Arc::new(CsvFormat::default().with_has_header(o.has_header).with_delimiter(o.delimiter as u8))
+            }
+            FileFormatKind::Json => Arc::new(JsonFormat::default()),
+            FileFormatKind::Arrow => Arc::new(ArrowFormat),
+        })
+    }
+
+    fn extension(&self) -> String {
+        if let Some(e) = &self.file_extension {
+            return e.clone();
+        }
+        match self.format {
+            FileFormatKind::Parquet => ".parquet",
+            FileFormatKind::Csv => ".csv",
+            FileFormatKind::Json => ".json",
+            FileFormatKind::Arrow => ".arrow",
+        }
+        .to_string()
+    }
+}
+
+/// Resolves a binding's location to a listing URL. Relative paths are joined to `product_dir`
+/// and may not climb out of it.
+pub fn resolve_location(location: &str, product_dir: &Path) -> Result<ListingTableUrl> {
+    if location.trim().is_empty() {
+        return Err(Error::InvalidBinding(
+            "location is empty; give a file or folder relative to the product folder, e.g. `data/`".into(),
+        ));
+    }
+    if location.contains("://") {
+        return Ok(ListingTableUrl::parse(location)?);
+    }
+    let rel = Path::new(location);
+    let path: PathBuf = if rel.is_absolute() {
+        rel.to_path_buf()
+    } else {
+        if rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+            return Err(Error::InvalidBinding(format!(
+                "location `{location}` leaves the product folder; keep relative locations inside \
+                 it or give an absolute path or URL"
+            )));
+        }
+        product_dir.join(rel)
+    };
+    let mut s = path.to_string_lossy().into_owned();
+    if (location.ends_with('/') || path.is_dir()) && !s.ends_with('/') {
+        s.push('/');
+    }
+    Ok(ListingTableUrl::parse(s)?)
+}
+
+/// The `files` adapter.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FilesAdapter;
+
+#[async_trait]
+impl Adapter for FilesAdapter {
+    fn kind(&self) -> &'static str {
+        "files"
+    }
+
+    async fn open(&self, binding: &Binding, ctx: &OpenContext) -> Result<Arc<dyn TableProvider>> {
+        let Binding::Files(b) = binding else {
+            return Err(Error::InvalidBinding(format!("files adapter given a {} binding", binding.kind())));
+        };
+        let url = resolve_location(&b.location, &ctx.product_dir)?;
+        let extension = b.extension();
+        let mut options = ListingOptions::new(b.format()?).with_file_extension(extension.clone());
+        let table = FilesTable { inner: None, url: url.clone(), extension, location: b.location.clone() };
+        table.check_present(&ctx.state).await?;
+        let partitions = match &b.partition_columns {
+            Some(cols) => cols.iter().map(|c| (c.name.clone(), c.kind.data_type())).collect(),
+            None => options
+                .infer_partitions(&ctx.state, &url)
+                .await?
+                .into_iter()
+                .map(|name| (name, DataType::Utf8))
+                .collect::<Vec<_>>(),
+        };
+        options = options.with_table_partition_cols(partitions);
+        let config = ListingTableConfig::new(url).with_listing_options(options).infer_schema(&ctx.state).await?;
+        let inner = ListingTable::try_new(config)?;
+        Ok(Arc::new(FilesTable { inner: Some(inner), ..table }))
+    }
+
+    async fn health(&self, table: &Arc<dyn TableProvider>, ctx: &OpenContext) -> Health {
+        let Some(t) = table.downcast_ref::<FilesTable>() else {
+            return Health::Unavailable { reason: "table was not opened by the files adapter".into() };
+        };
+        match t.check_present(&ctx.state).await {
+            Ok(()) => Health::Ok,
+            Err(e) => Health::Unavailable { reason: e.to_string() },
+        }
+    }
+}
+
+/// A listing table that first checks its files are still there, so data that disappears at run
+/// time is reported as [`Error::Unavailable`] rather than read as an empty table.
+#[derive(Debug)]
+pub struct FilesTable {
+    inner: Option<ListingTable>,
+    url: ListingTableUrl,
+    extension: String,
+    location: String,
+}
+
+impl FilesTable {
+    fn inner(&self) -> &ListingTable {
+        self.inner.as_ref().expect("FilesTable is only handed out once opened")
+    }
+
+    async fn check_present(&self, state: &dyn Session) -> Result<()> {
+        let unavailable = |why: &str| Error::Unavailable(format!("location `{}` {why}", self.location));
+        let store = state
+            .runtime_env()
+            .object_store(&self.url)
+            .map_err(|_| unavailable("uses a scheme with no object store registered"))?;
+        let mut files = self.url.list_all_files(state, store.as_ref(), &self.extension).await.map_err(|e| {
+            tracing::warn!(location = %self.location, error = %e, "listing failed");
+            unavailable("cannot be listed")
+        })?;
+        match files.next().await {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => {
+                tracing::warn!(location = %self.location, error = %e, "listing failed");
+                Err(unavailable("cannot be listed"))
+            }
+            None => Err(unavailable(&format!("holds no `*{}` files", self.extension))),
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for FilesTable {
+    fn schema(&self) -> SchemaRef {
+        self.inner().schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        self.check_present(state).await.map_err(Error::into_datafusion)?;
+        self.inner().scan(state, projection, filters, limit).await
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        self.inner().supports_filters_pushdown(filters)
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        self.inner().statistics()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_locations_stay_inside_the_product() {
+        let dir = Path::new("/mesh/sales/orders");
+        for bad in ["../customers/data", "data/../../x", ""] {
+            assert!(matches!(resolve_location(bad, dir), Err(Error::InvalidBinding(_))), "{bad}");
+        }
+        let u = resolve_location("data/", dir).unwrap();
+        assert!(u.as_str().ends_with("/mesh/sales/orders/data/"), "{}", u.as_str());
+        let u = resolve_location("file:///srv/x.parquet", dir).unwrap();
+        assert_eq!(u.scheme(), "file");
+    }
+}

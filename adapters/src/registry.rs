@@ -1,0 +1,49 @@
+//! The registry: from a binding to its adapter.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::catalog::TableProvider;
+
+use crate::files::FilesAdapter;
+use crate::memory::MemoryAdapter;
+use crate::{Adapter, Binding, Error, Health, OpenContext, Result};
+
+/// Adapters by kind.
+#[derive(Debug, Clone, Default)]
+pub struct AdapterRegistry {
+    adapters: BTreeMap<&'static str, Arc<dyn Adapter>>,
+}
+
+impl AdapterRegistry {
+    /// A registry with every adapter this crate provides; `memory` serves `memory`.
+    pub fn with_defaults(memory: MemoryAdapter) -> Self {
+        Self::default().with_adapter(Arc::new(FilesAdapter)).with_adapter(Arc::new(memory))
+    }
+
+    /// Adds (or replaces) the adapter for its kind.
+    pub fn with_adapter(mut self, adapter: Arc<dyn Adapter>) -> Self {
+        self.adapters.insert(adapter.kind(), adapter);
+        self
+    }
+
+    fn get(&self, kind: &str) -> Result<&Arc<dyn Adapter>> {
+        self.adapters.get(kind).ok_or_else(|| Error::UnknownAdapter {
+            kind: kind.to_string(),
+            available: self.adapters.keys().copied().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Opens a binding with the adapter of its kind.
+    pub async fn open(&self, binding: &Binding, ctx: &OpenContext) -> Result<Arc<dyn TableProvider>> {
+        self.get(binding.kind())?.open(binding, ctx).await
+    }
+
+    /// Health of an opened table, asked of the adapter of `binding`'s kind.
+    pub async fn health(&self, binding: &Binding, table: &Arc<dyn TableProvider>, ctx: &OpenContext) -> Health {
+        match self.get(binding.kind()) {
+            Ok(a) => a.health(table, ctx).await,
+            Err(e) => Health::Unavailable { reason: e.to_string() },
+        }
+    }
+}

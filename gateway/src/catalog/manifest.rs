@@ -1,0 +1,166 @@
+//! The two manifest files of a product, as written by domain teams.
+//!
+//! - `product.odps.yaml`: Open Data Product Standard v1.0.0 (`kind: DataProduct`).
+//! - `<port>.odcs.yaml`: Open Data Contract Standard v3.1.0 (`kind: DataContract`), one per
+//!   output port.
+//!
+//! Standard fields meshgate does not use are accepted and kept (they show up in `describe`).
+//! meshgate's own settings live in `customProperties` entries whose `property` starts with
+//! `meshgate.`; an unknown one of those is an error, so typos do not pass silently.
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+/// `customProperties` entries meshgate understands, per file kind.
+pub(crate) const PRODUCT_PROPERTIES: &[&str] = &["meshgate.defaultPort"];
+/// See [`PRODUCT_PROPERTIES`].
+pub(crate) const CONTRACT_PROPERTIES: &[&str] = &["meshgate.binding"];
+
+/// An ODPS v1 data product (the fields meshgate reads).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductManifest {
+    /// Standard version, `v1.0.0`.
+    pub api_version: String,
+    /// Always `DataProduct`.
+    pub kind: String,
+    /// Stable identifier of the product.
+    pub id: String,
+    /// Human name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Owning domain; must match the folder the product is in.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// `proposed`, `draft`, `active`, `deprecated` or `retired`.
+    pub status: String,
+    /// Owning team (`name`, `members`, ...).
+    #[serde(default)]
+    pub team: Option<Value>,
+    /// Text, or ODPS's `{purpose, limitations, usage}` object.
+    #[serde(default)]
+    pub description: Option<Value>,
+    /// Free tags, used by `ListFlights` criteria `tag:x`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Output ports; each names the contract that describes it.
+    #[serde(default)]
+    pub output_ports: Vec<OutputPort>,
+    /// `{property, value}` entries; meshgate's own start with `meshgate.`.
+    #[serde(default)]
+    pub custom_properties: Vec<CustomProperty>,
+}
+
+/// An ODPS output port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputPort {
+    /// Port name; its contract is in `<name>.odcs.yaml` beside the product file.
+    pub name: String,
+    /// Port version, addressable as the third path element.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// `id` of the contract describing the port.
+    pub contract_id: String,
+    /// Text.
+    #[serde(default)]
+    pub description: Option<Value>,
+}
+
+/// A `customProperties` entry (both standards use this shape).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CustomProperty {
+    /// Name; meshgate's start with `meshgate.`.
+    pub property: String,
+    /// Any YAML value.
+    #[serde(default)]
+    pub value: Value,
+}
+
+/// An ODCS v3.1 data contract (the fields meshgate reads).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContractManifest {
+    /// Standard version, `v3.1.0` (any `v3.x`).
+    pub api_version: String,
+    /// Always `DataContract`.
+    pub kind: String,
+    /// Contract identifier, referenced by the port's `contractId`.
+    pub id: String,
+    /// Contract version, carried in every ticket.
+    pub version: String,
+    /// `proposed`, `draft`, `active`, `deprecated` or `retired`.
+    pub status: String,
+    /// Exactly one schema object: the table the port serves.
+    #[serde(default)]
+    pub schema: Vec<SchemaObject>,
+    /// Service levels (`latency`, `frequency`, ...), shown by `describe`.
+    #[serde(default)]
+    pub sla_properties: Vec<Value>,
+    /// Quality rules, shown by `describe`.
+    #[serde(default)]
+    pub quality: Vec<Value>,
+    /// `{property, value}` entries; `meshgate.binding` says where the data is.
+    #[serde(default)]
+    pub custom_properties: Vec<CustomProperty>,
+}
+
+/// An ODCS schema object (a table).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SchemaObject {
+    /// Table name.
+    pub name: String,
+    /// Columns.
+    #[serde(default)]
+    pub properties: Vec<Property>,
+}
+
+/// An ODCS property (a column).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Property {
+    /// Column name in the data.
+    pub name: String,
+    /// ODCS logical type: string, integer, number, boolean, date, timestamp, time, array, object.
+    #[serde(default)]
+    pub logical_type: Option<String>,
+    /// Storage type as the producer names it (informational).
+    #[serde(default)]
+    pub physical_type: Option<String>,
+    /// Whether the column must have a value.
+    #[serde(default)]
+    pub required: bool,
+    /// Whether the column is (part of) the primary key.
+    #[serde(default)]
+    pub primary_key: bool,
+    /// Sensitivity: e.g. `public`, `internal`, `confidential`, `pii`, `restricted`.
+    #[serde(default)]
+    pub classification: Option<String>,
+    /// Text.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Renders an ODPS/ODCS description (text or `{purpose, usage, limitations}`) as one text.
+pub(crate) fn description_text(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.trim().to_string(),
+        Some(Value::Mapping(m)) => ["purpose", "usage", "limitations"]
+            .iter()
+            .filter_map(|k| m.get(*k).and_then(Value::as_str).map(|s| s.trim().to_string()))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Some(other) => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+    }
+}
+
+/// The team's name from an ODPS/ODCS `team` value (a mapping with `name`, or a text).
+pub(crate) fn team_name(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Mapping(m) => m.get("name").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}

@@ -1,0 +1,127 @@
+//! What the catalog holds once manifests are loaded and validated.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use meshgate_adapters::Binding;
+use serde::Serialize;
+
+use super::manifest::Property;
+
+/// One validation problem: which file, which field, what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// File, relative to the mesh folder.
+    pub file: String,
+    /// Field inside the file (`outputPorts[0].contractId`), empty for the whole file.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: `{}`: {}", self.file, self.field, self.message)
+        }
+    }
+}
+
+/// A loaded, servable product.
+#[derive(Debug)]
+pub struct Product {
+    /// Owning domain (the folder name).
+    pub domain: String,
+    /// Product name inside the domain (the folder name).
+    pub name: String,
+    /// ODPS `id`.
+    pub id: String,
+    /// ODPS `name`, the human title.
+    pub title: String,
+    /// ODPS `status`.
+    pub status: String,
+    /// Description text.
+    pub description: String,
+    /// Owning team's name.
+    pub owner: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Output ports, in manifest order.
+    pub ports: Vec<Arc<Port>>,
+    /// Index into `ports` of the port served when a path names none.
+    pub default_port: usize,
+    /// The ODPS document as JSON, for `describe`.
+    pub document: serde_json::Value,
+}
+
+impl Product {
+    /// `domain/name`, the product's address in messages.
+    pub fn address(&self) -> String {
+        format!("{}/{}", self.domain, self.name)
+    }
+}
+
+/// One output port of a product: its contract, binding and opened table.
+#[derive(Debug)]
+pub struct Port {
+    /// Port name.
+    pub name: String,
+    /// Port version, if the manifest gives one.
+    pub version: Option<String>,
+    /// The contract describing the port.
+    pub contract: Contract,
+    /// Where the data is.
+    pub binding: Binding,
+    /// The adapter's table (all data columns; the contract's are selected when planning).
+    pub table: Arc<dyn TableProvider>,
+    /// Served schema: the contract's columns in contract order, with contract metadata.
+    pub schema: SchemaRef,
+    /// Row count of the whole port, -1 when not known without reading the data.
+    pub total_records: i64,
+    /// Size in bytes of the whole port in Arrow, -1 when not known.
+    pub total_bytes: i64,
+    /// The product's folder, for the adapter's health checks.
+    pub product_dir: PathBuf,
+}
+
+/// A validated ODCS contract.
+#[derive(Debug)]
+pub struct Contract {
+    /// Contract id.
+    pub id: String,
+    /// Contract version.
+    pub version: String,
+    /// Contract status.
+    pub status: String,
+    /// Columns, in order.
+    pub properties: Vec<Property>,
+    /// The ODCS document as JSON, for `describe`.
+    pub document: serde_json::Value,
+}
+
+/// A product folder's state in the catalog.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The version being served; `None` when the product never loaded.
+    pub product: Option<Arc<Product>>,
+    /// Why the product (or its newest manifests) could not be loaded; empty when healthy.
+    pub problems: Vec<Problem>,
+}
+
+/// Key of an entry: (domain, product).
+pub type ProductKey = (String, String);
+
+/// Every product folder of the mesh, at one point in time.
+#[derive(Debug, Default)]
+pub struct CatalogState {
+    /// Entries by (domain, product).
+    pub entries: BTreeMap<ProductKey, Entry>,
+    /// Increases with every successful reload.
+    pub generation: u64,
+}

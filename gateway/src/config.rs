@@ -1,0 +1,107 @@
+//! Gateway configuration: every setting is a `meshgate serve` flag with a `MESHGATE_*`
+//! environment variable (see `docs/configuration.md`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the gateway serves.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayConfig {
+    /// Address to listen on. Port 0 picks a free port.
+    #[arg(long, env = "MESHGATE_LISTEN", default_value = "127.0.0.1:8815")]
+    pub listen: SocketAddr,
+
+    /// Mesh folder: `<domain>/<product>/product.odps.yaml` and one `<port>.odcs.yaml` per port.
+    /// Without it, the bundled sample mesh is served from `./mesh` (written there, with its
+    /// generated data, when missing).
+    #[arg(long, env = "MESHGATE_MESH")]
+    pub mesh: Option<PathBuf>,
+
+    /// Key that signs tickets, hex or base64, at least 32 bytes. Replicas behind one address
+    /// need the same key. Unset: a random key per process (tickets do not survive a restart).
+    #[arg(long, env = "MESHGATE_TICKET_KEY", hide_env_values = true)]
+    pub ticket_key: Option<String>,
+
+    /// How long a ticket from GetFlightInfo stays valid.
+    #[arg(long, env = "MESHGATE_TICKET_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub ticket_ttl: Duration,
+
+    /// PEM certificate chain for TLS.
+    #[arg(long, env = "MESHGATE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for TLS.
+    #[arg(long, env = "MESHGATE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Allow plain TCP on a non-loopback address. Without TLS the gateway otherwise refuses to
+    /// listen anywhere but loopback.
+    #[arg(long, env = "MESHGATE_ALLOW_PLAINTEXT")]
+    pub allow_plaintext: bool,
+
+    /// On SIGINT/SIGTERM, how long running streams may take to finish.
+    #[arg(long, env = "MESHGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Do not reload the catalog when files under the mesh folder change.
+    #[arg(long, env = "MESHGATE_NO_WATCH")]
+    pub no_watch: bool,
+
+    /// Rows per record batch read from storage.
+    #[arg(long, env = "MESHGATE_BATCH_SIZE", default_value_t = 8192)]
+    pub batch_size: usize,
+
+    /// Memory the query engine may use, in MiB, across all running requests.
+    #[arg(long, env = "MESHGATE_MEMORY_LIMIT_MB", default_value_t = 4096)]
+    pub memory_limit_mb: usize,
+}
+
+impl GatewayConfig {
+    /// A configuration for `mesh` on `127.0.0.1:0` with defaults (tests, embedding).
+    pub fn for_mesh(mesh: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mesh: Some(mesh.into()),
+            ticket_key: None,
+            ticket_ttl: Duration::from_secs(3600),
+            tls_cert: None,
+            tls_key: None,
+            allow_plaintext: false,
+            shutdown_grace: Duration::from_secs(10),
+            no_watch: false,
+            batch_size: 8192,
+            memory_limit_mb: 4096,
+        }
+    }
+}
+
+/// Parses `500ms`, `30s`, `15m`, `2h` or a number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("`{s}` is not a duration; write e.g. 30s, 15m or 1h"))?;
+    let secs = |k: u64| Duration::from_secs(n.saturating_mul(k));
+    match unit {
+        "" | "s" => Ok(secs(1)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(secs(60)),
+        "h" => Ok(secs(3600)),
+        other => Err(format!("unit `{other}` in `{s}` is not one of ms, s, m, h")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+}

@@ -1,0 +1,237 @@
+//! The Flight front's errors and the one table that maps them to gRPC status codes.
+//!
+//! Client faults (bad input, unknown names, refused tickets) are logged at `info`, server faults
+//! at `warn` with their full detail; the client gets a message that says what to fix and, for
+//! server faults, a request id to quote, never a server path or a stack trace.
+
+use datafusion::arrow::error::ArrowError;
+use datafusion::error::DataFusionError;
+use tonic::{Code, Status};
+
+use crate::{catalog, query, ticket};
+
+/// Result with the Flight front's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a Flight call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Finding the product failed.
+    #[error(transparent)]
+    Catalog(#[from] catalog::Error),
+    /// The read request is invalid.
+    #[error(transparent)]
+    Query(#[from] query::Error),
+    /// The ticket was refused.
+    #[error(transparent)]
+    Ticket(#[from] ticket::Error),
+    /// The ticket names a contract version the product no longer serves.
+    #[error(
+        "the ticket was issued for contract {ticket} of `{product}`, which now serves {current}; call GetFlightInfo again"
+    )]
+    StaleTicket {
+        /// `domain/product`.
+        product: String,
+        /// Contract version in the ticket.
+        ticket: String,
+        /// Contract version served now.
+        current: String,
+    },
+    /// A descriptor of a kind or shape the gateway does not take.
+    #[error("{0}")]
+    BadDescriptor(String),
+    /// An action's name or body is invalid.
+    #[error("{0}")]
+    BadAction(String),
+    /// The call is not part of what a read-only output port offers.
+    #[error("{0} is not supported: meshgate serves read-only output ports")]
+    Unsupported(&'static str),
+    /// Running a plan failed; classified by its root cause.
+    #[error("reading `{product}` failed: {source}")]
+    Execution {
+        /// `domain/product`.
+        product: String,
+        /// What DataFusion reported.
+        source: Box<DataFusionError>,
+    },
+    /// A fault of the gateway itself.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Wraps a DataFusion error raised while planning or reading `product`.
+    pub fn execution(product: impl Into<String>, e: DataFusionError) -> Self {
+        Self::Execution { product: product.into(), source: Box::new(e) }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let status = to_status(&e);
+        if client_fault(status.code()) {
+            tracing::info!(code = ?status.code(), error = %e, "request refused");
+        } else {
+            tracing::warn!(code = ?status.code(), error = %e, "request failed");
+        }
+        status
+    }
+}
+
+fn client_fault(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument | Code::NotFound | Code::Unauthenticated | Code::PermissionDenied | Code::Unimplemented
+    )
+}
+
+/// The mapping table. No catch-all arm: a new variant must be placed here on purpose.
+fn to_status(e: &Error) -> Status {
+    use catalog::Error as C;
+    use query::Error as Q;
+    use ticket::Error as T;
+    let msg = e.to_string();
+    match e {
+        Error::Catalog(c) => match c {
+            C::InvalidName { .. } => Status::invalid_argument(msg),
+            C::NoDomain { .. } | C::NoProduct { .. } | C::NoPort { .. } => Status::not_found(msg),
+            C::Unavailable { .. } => Status::unavailable(msg),
+            C::MeshUnreadable(_) => internal("the mesh folder cannot be read"),
+        },
+        Error::Query(q) => match q {
+            Q::BadPath(_)
+            | Q::NotUtf8(_)
+            | Q::BadQuery(_)
+            | Q::BadProduct(_)
+            | Q::UnknownColumn { .. }
+            | Q::BadColumns(_)
+            | Q::BadFilter { .. }
+            | Q::FilterNotAllowed(_)
+            | Q::FilterNotBoolean(_) => Status::invalid_argument(msg),
+            Q::Plan(df) => datafusion_status("the query", df),
+        },
+        Error::Ticket(t) => match t {
+            T::Malformed | T::UnsupportedVersion(_) => Status::invalid_argument(msg),
+            T::BadSignature | T::Expired => Status::unauthenticated(msg),
+            T::WeakKey(_) => internal("the ticket key is misconfigured"),
+        },
+        Error::StaleTicket { .. } => Status::failed_precondition(msg),
+        Error::BadDescriptor(_) | Error::BadAction(_) => Status::invalid_argument(msg),
+        Error::Unsupported(_) => Status::new(Code::Unimplemented, msg),
+        Error::Execution { product, source } => datafusion_status(&format!("`{product}`"), source),
+        Error::Internal(what) => internal(what),
+    }
+}
+
+/// Classifies a DataFusion error by its root cause. Storage faults become `UNAVAILABLE` without
+/// their detail (it names server paths); faults caused by the request keep their message.
+fn datafusion_status(what: &str, e: &DataFusionError) -> Status {
+    let root = e.find_root();
+    let unavailable = || {
+        Status::unavailable(format!(
+            "the data of {what} cannot be read right now; try again later, and tell the owning team if it persists"
+        ))
+    };
+    match root {
+        DataFusionError::External(inner) => match meshgate_adapters::Error::find_in(inner.as_ref()) {
+            Some(_) => unavailable(),
+            None => internal("an external component failed"),
+        },
+        DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) | DataFusionError::ParquetError(_) => {
+            unavailable()
+        }
+        DataFusionError::ArrowError(a, _) => match a.as_ref() {
+            ArrowError::IoError(..) | ArrowError::ExternalError(_) | ArrowError::ParquetError(_) => unavailable(),
+            ArrowError::MemoryError(_) => Status::resource_exhausted(
+                "the query needs more memory than the gateway allows; add a filter or a limit",
+            ),
+            other => Status::invalid_argument(format!("{what} failed: {other}")),
+        },
+        DataFusionError::ResourcesExhausted(_) => {
+            Status::resource_exhausted("the query needs more memory than the gateway allows; add a filter or a limit")
+        }
+        DataFusionError::Plan(m) | DataFusionError::NotImplemented(m) => {
+            Status::invalid_argument(format!("{what} cannot be planned: {m}"))
+        }
+        DataFusionError::SchemaError(s, _) => Status::invalid_argument(format!("{what} cannot be planned: {s}")),
+        DataFusionError::SQL(p, _) => Status::invalid_argument(format!("{what} does not parse: {p}")),
+        DataFusionError::Internal(_)
+        | DataFusionError::Configuration(_)
+        | DataFusionError::Execution(_)
+        | DataFusionError::ExecutionJoin(_)
+        | DataFusionError::Context(..)
+        | DataFusionError::Substrait(_)
+        | DataFusionError::Diagnostic(..)
+        | DataFusionError::Collection(_)
+        | DataFusionError::Shared(_)
+        | DataFusionError::Ffi(_) => internal("the query engine failed"),
+    }
+}
+
+/// An `INTERNAL` status carrying only a request id; the detail is in the gateway's log.
+fn internal(what: &str) -> Status {
+    let id = uuid::Uuid::new_v4();
+    tracing::warn!(error_id = %id, what, "internal error");
+    Status::internal(format!("{what}; quote error id {id} to the gateway operators"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(e: Error) -> Code {
+        Status::from(e).code()
+    }
+
+    /// The table, row by row.
+    #[test]
+    fn status_table() {
+        let c = |e: catalog::Error| code(Error::Catalog(e));
+        assert_eq!(c(catalog::Error::InvalidName { what: "domain", value: "..".into() }), Code::InvalidArgument);
+        assert_eq!(c(catalog::Error::NoDomain { domain: "x".into(), known: "y".into() }), Code::NotFound);
+        assert_eq!(
+            c(catalog::Error::NoProduct { domain: "x".into(), product: "p".into(), known: "y".into() }),
+            Code::NotFound
+        );
+        assert_eq!(
+            c(catalog::Error::NoPort { product: "x".into(), port: "p".into(), known: "y".into() }),
+            Code::NotFound
+        );
+        assert_eq!(c(catalog::Error::Unavailable { product: "x".into(), reason: "r".into() }), Code::Unavailable);
+        assert_eq!(c(catalog::Error::MeshUnreadable("x".into())), Code::Internal);
+        let q = |e: query::Error| code(Error::Query(e));
+        assert_eq!(q(query::Error::BadPath(1)), Code::InvalidArgument);
+        assert_eq!(q(query::Error::BadQuery("x".into())), Code::InvalidArgument);
+        assert_eq!(q(query::Error::FilterNotAllowed("subqueries")), Code::InvalidArgument);
+        assert_eq!(q(query::Error::FilterNotBoolean(arrow::datatypes::DataType::Int64)), Code::InvalidArgument);
+        assert_eq!(q(query::Error::Plan(Box::new(DataFusionError::Plan("x".into())))), Code::InvalidArgument);
+        let t = |e: ticket::Error| code(Error::Ticket(e));
+        assert_eq!(t(ticket::Error::Malformed), Code::InvalidArgument);
+        assert_eq!(t(ticket::Error::BadSignature), Code::Unauthenticated);
+        assert_eq!(t(ticket::Error::Expired), Code::Unauthenticated);
+        assert_eq!(t(ticket::Error::UnsupportedVersion(9)), Code::InvalidArgument);
+        assert_eq!(
+            code(Error::StaleTicket { product: "a".into(), ticket: "1".into(), current: "2".into() }),
+            Code::FailedPrecondition
+        );
+        assert_eq!(code(Error::BadDescriptor("x".into())), Code::InvalidArgument);
+        assert_eq!(code(Error::Unsupported("DoPut")), Code::Unimplemented);
+        assert_eq!(code(Error::Internal("x".into())), Code::Internal);
+    }
+
+    #[test]
+    fn execution_errors_by_root_cause() {
+        let x = |e: DataFusionError| code(Error::execution("sales/orders", e));
+        let gone = meshgate_adapters::Error::Unavailable("location `data/` holds no files".into()).into_datafusion();
+        assert_eq!(x(gone.context("scanning")), Code::Unavailable);
+        let io = DataFusionError::IoError(std::io::Error::new(std::io::ErrorKind::NotFound, "/srv/secret/path"));
+        let s = Status::from(Error::execution("sales/orders", io));
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(!s.message().contains("/srv"), "leaked a path: {}", s.message());
+        assert_eq!(x(DataFusionError::ResourcesExhausted("m".into())), Code::ResourceExhausted);
+        assert_eq!(x(DataFusionError::ArrowError(Box::new(ArrowError::DivideByZero), None)), Code::InvalidArgument);
+        let s = Status::from(Error::execution("a/b", DataFusionError::Internal("/srv/x panicked".into())));
+        assert_eq!(s.code(), Code::Internal);
+        assert!(!s.message().contains("/srv"));
+    }
+}

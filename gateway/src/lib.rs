@@ -1,0 +1,29 @@
+//! meshgate: the output port of a data mesh, over Arrow Flight.
+//!
+//! Domain teams describe each data product with an ODPS manifest and one ODCS contract per
+//! output port; meshgate loads them into a [`catalog`], opens each port's storage through an
+//! adapter (`meshgate-adapters`), and serves every product over Arrow Flight: discoverable
+//! (`ListFlights`, `describe`), addressable (`["<domain>", "<product>"]`), self-describing (the
+//! contract travels in the Arrow schema's metadata) and streamed without collecting.
+//!
+//! Parts:
+//! - [`config`]: settings (flags and `MESHGATE_*` variables).
+//! - [`catalog`]: manifests, validation, reload on change.
+//! - [`query`]: read requests (path, JSON query, ticket) and their DataFusion plans.
+//! - [`ticket`]: HMAC-signed stateless tickets.
+//! - [`flight`]: the Flight service, its actions and the error → gRPC status table.
+//! - [`server`]: bind, serve, TLS, graceful shutdown.
+//! - [`sample`]: the bundled sample mesh and its data generator.
+//!
+//! The design is in `docs/architecture.md`.
+
+pub mod catalog;
+pub mod config;
+pub mod flight;
+pub mod query;
+pub mod sample;
+pub mod server;
+pub mod ticket;
+
+pub use config::GatewayConfig;
+pub use server::Gateway;

@@ -1,0 +1,299 @@
+//! Read requests and their plans.
+//!
+//! A read is a [`ReadSpec`]: a product address plus optional columns, filter and limit. It
+//! comes from a PATH descriptor (the whole port), from a CMD descriptor holding a JSON query,
+//! or from a verified ticket. [`plan`] turns it into a DataFusion `DataFrame` over the port's
+//! table; the same function runs for `GetFlightInfo`, `GetSchema` and `DoGet`, so the schema
+//! announced is the schema streamed.
+//!
+//! Filters are SQL boolean expressions parsed by DataFusion against the product's contract
+//! columns only, and checked against an allow-list of expression kinds: no subqueries, no
+//! aggregates or windows, no placeholders, no session variables. They are pushed down by
+//! DataFusion's optimizer like any other filter.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{Expr, ExprSchemable};
+use datafusion::prelude::{DataFrame, SessionContext};
+use serde::Deserialize;
+
+use crate::catalog::{Port, Product};
+
+/// Result with the query module's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a read request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The descriptor's path has the wrong shape.
+    #[error(
+        "a path descriptor is [\"<domain>\", \"<product>\"] with an optional third element naming a port or version; got {0} elements"
+    )]
+    BadPath(usize),
+    /// A path element or query field is not valid UTF-8.
+    #[error("{0} is not valid UTF-8")]
+    NotUtf8(&'static str),
+    /// The CMD descriptor is not a valid JSON query.
+    #[error(
+        "the command is not a valid meshgate query ({0}); send JSON like {{\"product\": \"sales/orders\", \"columns\": [\"order_id\"], \"filter\": \"amount > 100\", \"limit\": 10}}"
+    )]
+    BadQuery(String),
+    /// `product` is not `domain/product` or `domain/product/port`.
+    #[error("`product` is `{0}`; write it as `<domain>/<product>`, optionally `/<port>`")]
+    BadProduct(String),
+    /// A requested column is not in the contract.
+    #[error("product `{product}` has no column `{column}`; columns: {known}")]
+    UnknownColumn {
+        /// `domain/product`.
+        product: String,
+        /// The column asked for.
+        column: String,
+        /// Contract columns.
+        known: String,
+    },
+    /// A column is requested twice, or the list is empty.
+    #[error("{0}")]
+    BadColumns(String),
+    /// The filter does not parse or does not resolve against the product's columns.
+    #[error("the filter is not valid for product `{product}`: {message}")]
+    BadFilter {
+        /// `domain/product`.
+        product: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The filter uses an expression kind that filters may not use.
+    #[error("filters may not use {0}; write a boolean expression over the product's columns")]
+    FilterNotAllowed(&'static str),
+    /// The filter is not boolean.
+    #[error("the filter must be a boolean expression such as `amount > 100`; this one is {0}")]
+    FilterNotBoolean(DataType),
+    /// DataFusion refused the plan.
+    #[error(transparent)]
+    Plan(Box<DataFusionError>),
+}
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        Self::Plan(Box::new(e))
+    }
+}
+
+/// One read request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadSpec {
+    /// Owning domain.
+    pub domain: String,
+    /// Product.
+    pub product: String,
+    /// Port name or version; `None` for the product's default port.
+    pub port: Option<String>,
+    /// Columns in order; empty for every contract column.
+    pub columns: Vec<String>,
+    /// SQL boolean expression.
+    pub filter: Option<String>,
+    /// Row limit.
+    pub limit: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonQuery {
+    product: String,
+    #[serde(default)]
+    port: Option<String>,
+    #[serde(default)]
+    columns: Option<Vec<String>>,
+    #[serde(default)]
+    filter: Option<String>,
+    #[serde(default)]
+    limit: Option<u64>,
+}
+
+impl ReadSpec {
+    /// The whole default (or named) port of a product, from a PATH descriptor.
+    pub fn from_path(path: &[String]) -> Result<Self> {
+        match path {
+            [d, p] => Ok(Self { domain: d.clone(), product: p.clone(), ..Self::default() }),
+            [d, p, port] => {
+                Ok(Self { domain: d.clone(), product: p.clone(), port: Some(port.clone()), ..Self::default() })
+            }
+            other => Err(Error::BadPath(other.len())),
+        }
+    }
+
+    /// A JSON query from a CMD descriptor.
+    pub fn from_json(cmd: &[u8]) -> Result<Self> {
+        let q: JsonQuery = serde_json::from_slice(cmd).map_err(|e| Error::BadQuery(e.to_string()))?;
+        let parts: Vec<&str> = q.product.split('/').collect();
+        let (domain, product, port) = match parts.as_slice() {
+            [d, p] => (d, p, q.port.clone()),
+            [d, p, port] if q.port.is_none() => (d, p, Some(port.to_string())),
+            _ => return Err(Error::BadProduct(q.product.escape_default().to_string())),
+        };
+        if q.columns.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::BadColumns(
+                "`columns` is empty; list at least one column, or leave it out for all".into(),
+            ));
+        }
+        Ok(Self {
+            domain: domain.to_string(),
+            product: product.to_string(),
+            port,
+            columns: q.columns.unwrap_or_default(),
+            filter: q.filter.filter(|f| !f.trim().is_empty()),
+            limit: q.limit,
+        })
+    }
+}
+
+/// A planned read.
+#[derive(Debug)]
+pub struct Planned {
+    /// The plan; execute it to stream the result.
+    pub df: DataFrame,
+    /// What is announced and streamed: the plan's schema with the contract's metadata.
+    pub schema: SchemaRef,
+}
+
+/// Plans `spec` against an already resolved product port.
+pub fn plan(ctx: &SessionContext, product: &Product, port: &Port, spec: &ReadSpec) -> Result<Planned> {
+    let contract_cols: Vec<&str> = port.schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let mut seen = HashSet::new();
+    for c in &spec.columns {
+        if !contract_cols.contains(&c.as_str()) {
+            return Err(Error::UnknownColumn {
+                product: product.address(),
+                column: c.escape_default().to_string(),
+                known: contract_cols.join(", "),
+            });
+        }
+        if !seen.insert(c) {
+            return Err(Error::BadColumns(format!("column `{c}` is requested twice")));
+        }
+    }
+    // The contract is the interface: data columns it does not declare are not reachable, not
+    // even from a filter.
+    let mut df = ctx.read_table(Arc::clone(&port.table))?.select_columns(&contract_cols)?;
+    if let Some(sql) = &spec.filter {
+        let expr = parse_filter(ctx, product, &df, sql)?;
+        df = df.filter(expr)?;
+    }
+    if !spec.columns.is_empty() {
+        let cols: Vec<&str> = spec.columns.iter().map(String::as_str).collect();
+        df = df.select_columns(&cols)?;
+    }
+    if let Some(n) = spec.limit {
+        df = df.limit(0, Some(usize::try_from(n).unwrap_or(usize::MAX)))?;
+    }
+    let schema = with_contract_metadata(df.schema().as_arrow(), &port.schema);
+    Ok(Planned { df, schema })
+}
+
+/// Parses and checks a filter against the columns of `df`.
+fn parse_filter(ctx: &SessionContext, product: &Product, df: &DataFrame, sql: &str) -> Result<Expr> {
+    let bad = |message: String| Error::BadFilter { product: product.address(), message };
+    let expr = ctx.parse_sql_expr(sql, df.schema()).map_err(|e| match e.find_root() {
+        DataFusionError::SchemaError(inner, _) => bad(inner.to_string()),
+        other => bad(other.message().to_string()),
+    })?;
+    let mut refused = None;
+    expr.apply(|e| {
+        refused = forbidden(e);
+        Ok(if refused.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    })?;
+    if let Some(what) = refused {
+        return Err(Error::FilterNotAllowed(what));
+    }
+    match expr.get_type(df.schema()).map_err(|e| bad(e.message().to_string()))? {
+        DataType::Boolean | DataType::Null => Ok(expr),
+        other => Err(Error::FilterNotBoolean(other)),
+    }
+}
+
+/// The allow-list of expression kinds in a filter; `Some(name)` for a refused kind.
+fn forbidden(e: &Expr) -> Option<&'static str> {
+    match e {
+        Expr::Column(_)
+        | Expr::Literal(..)
+        | Expr::BinaryExpr(_)
+        | Expr::Like(_)
+        | Expr::SimilarTo(_)
+        | Expr::Not(_)
+        | Expr::IsNotNull(_)
+        | Expr::IsNull(_)
+        | Expr::IsTrue(_)
+        | Expr::IsFalse(_)
+        | Expr::IsUnknown(_)
+        | Expr::IsNotTrue(_)
+        | Expr::IsNotFalse(_)
+        | Expr::IsNotUnknown(_)
+        | Expr::Negative(_)
+        | Expr::Between(_)
+        | Expr::Case(_)
+        | Expr::Cast(_)
+        | Expr::TryCast(_)
+        | Expr::ScalarFunction(_)
+        | Expr::InList(_)
+        | Expr::Alias(_) => None,
+        Expr::Exists(_)
+        | Expr::InSubquery(_)
+        | Expr::SetComparison(_)
+        | Expr::ScalarSubquery(_)
+        | Expr::OuterReferenceColumn(..) => Some("subqueries"),
+        Expr::AggregateFunction(_) | Expr::GroupingSet(_) => Some("aggregate functions"),
+        Expr::WindowFunction(_) => Some("window functions"),
+        Expr::Placeholder(_) => Some("placeholders"),
+        Expr::ScalarVariable(..) => Some("session variables"),
+        #[allow(deprecated)]
+        Expr::Wildcard { .. } => Some("wildcards"),
+        Expr::Unnest(_) => Some("unnest"),
+        Expr::HigherOrderFunction(_) | Expr::Lambda(_) | Expr::LambdaVariable(_) => Some("lambdas"),
+    }
+}
+
+/// `plan_schema` with the field metadata of `contract` (matched by name) and its schema metadata.
+fn with_contract_metadata(plan_schema: &Schema, contract: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = plan_schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let md = contract.field_with_name(f.name()).map(|c| c.metadata().clone()).unwrap_or_default();
+            f.as_ref().clone().with_metadata(md)
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, contract.metadata().clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_queries() {
+        let s =
+            ReadSpec::from_json(br#"{"product":"sales/orders","columns":["a"],"filter":"a > 1","limit":3}"#).unwrap();
+        assert_eq!((s.domain.as_str(), s.product.as_str(), s.limit), ("sales", "orders", Some(3)));
+        let s = ReadSpec::from_json(br#"{"product":"sales/orders/v2"}"#).unwrap();
+        assert_eq!(s.port.as_deref(), Some("v2"));
+        for bad in [
+            &br#"{"product":"sales"}"#[..],
+            br#"{"product":"a/b","colums":[]}"#,
+            br#"{"product":"a/b","columns":[]}"#,
+            b"not json",
+            br#"{"product":"a/b","limit":-1}"#,
+        ] {
+            assert!(ReadSpec::from_json(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn paths() {
+        assert!(ReadSpec::from_path(&["a".into()]).is_err());
+        assert_eq!(ReadSpec::from_path(&["a".into(), "b".into(), "v1".into()]).unwrap().port.as_deref(), Some("v1"));
+    }
+}

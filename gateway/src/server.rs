@@ -1,0 +1,190 @@
+//! Binding, serving and shutting down.
+//!
+//! [`Gateway::bind`] binds first and returns a value with [`Gateway::local_addr`], so tests bind
+//! port 0 and read the address back. Shutdown stops accepting connections, lets running streams
+//! finish for the configured grace period, then cuts them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use meshgate_adapters::AdapterRegistry;
+use meshgate_adapters::memory::MemoryAdapter;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use crate::catalog::{Catalog, CatalogWatcher};
+use crate::config::GatewayConfig;
+use crate::flight::MeshFlightService;
+use crate::ticket::TicketSigner;
+
+/// Result with the server's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why the gateway could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is unusable; the message says which setting and how to fix it.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Binding or serving failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The mesh could not be loaded at all.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::Error),
+    /// The gRPC server failed.
+    #[error("serving failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    addr: SocketAddr,
+    catalog: Arc<Catalog>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    grace: std::time::Duration,
+    _watcher: Option<CatalogWatcher>,
+}
+
+/// The DataFusion session every request plans in.
+pub fn session_context(config: &GatewayConfig) -> Result<SessionContext> {
+    let mut session = SessionConfig::new().with_batch_size(config.batch_size).with_information_schema(false);
+    let options = session.options_mut();
+    // Older Flight SQL / JDBC clients cannot read view types; serve plain Utf8/Binary.
+    options.execution.parquet.schema_force_view_types = false;
+    options.sql_parser.map_string_types_to_utf8view = false;
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(config.memory_limit_mb.saturating_mul(1 << 20), 1.0)
+        // Listings are not cached: files that appear or disappear are seen on the next read.
+        .with_object_list_cache_limit(0)
+        .build_arc()
+        .map_err(|e| Error::Config(format!("query engine runtime: {e}")))?;
+    Ok(SessionContext::new_with_config_rt(session, runtime))
+}
+
+impl Gateway {
+    /// Loads the mesh, binds the listener and starts serving. `memory` provides the datasets
+    /// of `memory` bindings.
+    pub async fn bind(config: GatewayConfig, memory: MemoryAdapter) -> Result<Self> {
+        let mesh = config.mesh.clone().ok_or_else(|| Error::Config("no mesh folder given (--mesh)".into()))?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let read = |p: &std::path::Path, what: &str| {
+                    std::fs::read(p).map_err(|e| Error::Config(format!("cannot read TLS {what} {}: {e}", p.display())))
+                };
+                Some(ServerTlsConfig::new().identity(Identity::from_pem(read(cert, "certificate")?, read(key, "key")?)))
+            }
+            (None, None) => None,
+            _ => return Err(Error::Config("give both --tls-cert and --tls-key, or neither".into())),
+        };
+        if tls.is_none() && !config.listen.ip().is_loopback() && !config.allow_plaintext {
+            return Err(Error::Config(format!(
+                "refusing plain TCP on non-loopback address {}: configure --tls-cert/--tls-key, or pass --allow-plaintext if a proxy terminates TLS",
+                config.listen
+            )));
+        }
+        let signer = match &config.ticket_key {
+            Some(k) => TicketSigner::try_new(
+                TicketSigner::decode_key(k).map_err(|e| Error::Config(e.to_string()))?,
+                config.ticket_ttl,
+            )
+            .map_err(|e| Error::Config(e.to_string()))?,
+            None => {
+                tracing::warn!(
+                    "no ticket key configured (MESHGATE_TICKET_KEY); using a random one: tickets are valid on this process only"
+                );
+                TicketSigner::random(config.ticket_ttl)
+            }
+        };
+        let ctx = session_context(&config)?;
+        let registry = AdapterRegistry::with_defaults(memory);
+        let catalog = Arc::new(Catalog::load(&mesh, registry, ctx.state()).await?);
+        let watcher = if config.no_watch {
+            None
+        } else {
+            match CatalogWatcher::start(Arc::clone(&catalog), std::time::Duration::from_millis(300)) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the mesh folder; use the `reload` action after changes");
+                    None
+                }
+            }
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Io { context: format!("cannot listen on {}", config.listen), source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| Error::Io { context: "reading the bound address".into(), source })?;
+        let service = FlightServiceServer::new(MeshFlightService::new(Arc::clone(&catalog), signer, ctx))
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(usize::MAX);
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let (tx, rx) = oneshot::channel::<()>();
+        let router = builder.add_service(service);
+        let task = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = rx.await;
+        }));
+        tracing::info!(%addr, tls = config.tls_cert.is_some(), mesh = %catalog.mesh_dir().display(), "listening");
+        Ok(Self { addr, catalog, shutdown: Some(tx), task, grace: config.shutdown_grace, _watcher: watcher })
+    }
+
+    /// The address the gateway listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The catalog being served.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// Stops accepting, waits up to the grace period for running streams, then stops.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match tokio::time::timeout(self.grace, &mut self.task).await {
+            Ok(Ok(served)) => served.map_err(Error::from),
+            Ok(Err(join)) => Err(Error::Config(format!("server task failed: {join}"))),
+            Err(_) => {
+                tracing::warn!(grace = ?self.grace, "streams still running after the grace period; closing them");
+                self.task.abort();
+                Ok(())
+            }
+        }
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> Result<()> {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(|source| Error::Io { context: "installing the SIGTERM handler".into(), source })?;
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        self.shutdown().await
+    }
+}

@@ -1,0 +1,170 @@
+//! Signed, stateless tickets.
+//!
+//! `GetFlightInfo` plans a read and hands out one ticket per endpoint; `DoGet` may run on any
+//! replica that shares the key. A ticket is a protobuf [`TicketClaims`] (product, port,
+//! contract version, projection, filter, limit, shard, subject, expiry) followed by an
+//! HMAC-SHA256 over a domain-separation prefix and the claims' exact bytes. Verification is
+//! constant-time; nothing in a ticket is trusted before its signature checks.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use meshgate_proto::v1::{SignedTicket, TicketClaims};
+use prost::Message;
+use sha2::Sha256;
+
+/// Result with the tickets' [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Claims format version this gateway writes and reads.
+pub const CLAIMS_VERSION: u32 = 1;
+const CONTEXT: &[u8] = b"meshgate.ticket.v1\0";
+/// Shortest accepted key.
+pub const MIN_KEY_LEN: usize = 32;
+
+/// Why a ticket was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// The bytes are not a meshgate ticket (truncated, not protobuf, empty).
+    #[error("the ticket is malformed; use a ticket from GetFlightInfo as it was returned")]
+    Malformed,
+    /// The signature does not match: tampered, or issued by a gateway with another key.
+    #[error("the ticket's signature is not valid; get a new ticket from GetFlightInfo")]
+    BadSignature,
+    /// The ticket is past its expiry.
+    #[error("the ticket expired; call GetFlightInfo again for a fresh one")]
+    Expired,
+    /// Written by a gateway version this one does not understand.
+    #[error("the ticket has format version {0}, which this gateway does not read; call GetFlightInfo again")]
+    UnsupportedVersion(u32),
+    /// The key given in configuration is unusable.
+    #[error("the ticket key must be at least {MIN_KEY_LEN} bytes (hex or base64 encoded); got {0}")]
+    WeakKey(usize),
+}
+
+/// Signs and verifies tickets with one key.
+#[derive(Clone)]
+pub struct TicketSigner {
+    key: Vec<u8>,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for TicketSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketSigner").field("key", &"<redacted>").field("ttl", &self.ttl).finish()
+    }
+}
+
+impl TicketSigner {
+    /// A signer with `key` (at least [`MIN_KEY_LEN`] bytes); tickets live for `ttl`.
+    pub fn try_new(key: Vec<u8>, ttl: Duration) -> Result<Self> {
+        if key.len() < MIN_KEY_LEN {
+            return Err(Error::WeakKey(key.len()));
+        }
+        Ok(Self { key, ttl })
+    }
+
+    /// A signer with a random key: tickets are only valid on this process.
+    pub fn random(ttl: Duration) -> Self {
+        let key: [u8; 32] = rand::random();
+        Self { key: key.to_vec(), ttl }
+    }
+
+    /// Decodes a key given as hex or base64.
+    pub fn decode_key(text: &str) -> Result<Vec<u8>> {
+        use base64::Engine;
+        let t = text.trim();
+        let key = hex::decode(t)
+            .ok()
+            .or_else(|| base64::engine::general_purpose::STANDARD.decode(t).ok())
+            .unwrap_or_else(|| t.as_bytes().to_vec());
+        if key.len() < MIN_KEY_LEN {
+            return Err(Error::WeakKey(key.len()));
+        }
+        Ok(key)
+    }
+
+    /// How long tickets live.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn mac(&self, claims: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(CONTEXT);
+        mac.update(claims);
+        mac
+    }
+
+    /// Fills in version, id and expiry (from `now`), then signs.
+    pub fn sign(&self, mut claims: TicketClaims, now: SystemTime) -> Vec<u8> {
+        claims.version = CLAIMS_VERSION;
+        if claims.ticket_id.is_empty() {
+            claims.ticket_id = uuid::Uuid::new_v4().as_bytes().to_vec();
+        }
+        claims.expires_at_ms = millis(now + self.ttl);
+        let bytes = claims.encode_to_vec();
+        let signature = self.mac(&bytes).finalize().into_bytes().to_vec();
+        SignedTicket { claims: bytes, signature }.encode_to_vec()
+    }
+
+    /// Checks the signature, then the version and expiry (against `now`), and returns the claims.
+    pub fn verify(&self, ticket: &[u8], now: SystemTime) -> Result<TicketClaims> {
+        let signed = SignedTicket::decode(ticket).map_err(|_| Error::Malformed)?;
+        if signed.claims.is_empty() || signed.signature.len() != 32 {
+            return Err(Error::Malformed);
+        }
+        self.mac(&signed.claims).verify_slice(&signed.signature).map_err(|_| Error::BadSignature)?;
+        let claims = TicketClaims::decode(signed.claims.as_slice()).map_err(|_| Error::Malformed)?;
+        if claims.version != CLAIMS_VERSION {
+            return Err(Error::UnsupportedVersion(claims.version));
+        }
+        if claims.expires_at_ms <= millis(now) {
+            return Err(Error::Expired);
+        }
+        Ok(claims)
+    }
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims() -> TicketClaims {
+        TicketClaims { domain: "sales".into(), product: "orders".into(), port: "v1".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn round_trip_and_attacks() {
+        let now = SystemTime::now();
+        let s = TicketSigner::try_new(vec![7; 32], Duration::from_secs(60)).unwrap();
+        let t = s.sign(claims(), now);
+        let c = s.verify(&t, now).unwrap();
+        assert_eq!((c.domain.as_str(), c.version), ("sales", CLAIMS_VERSION));
+
+        // Every single flipped bit is refused.
+        for i in 0..t.len() * 8 {
+            let mut bad = t.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            assert!(s.verify(&bad, now).is_err(), "bit {i} flipped was accepted");
+        }
+        // Every truncation is refused.
+        for n in 0..t.len() {
+            assert!(s.verify(&t[..n], now).is_err(), "truncated to {n} was accepted");
+        }
+        assert_eq!(s.verify(&t, now + Duration::from_secs(61)), Err(Error::Expired));
+        let other = TicketSigner::try_new(vec![8; 32], Duration::from_secs(60)).unwrap();
+        assert_eq!(other.verify(&t, now), Err(Error::BadSignature));
+    }
+
+    #[test]
+    fn keys() {
+        assert_eq!(TicketSigner::decode_key("00ff").unwrap_err(), Error::WeakKey(2));
+        assert_eq!(TicketSigner::decode_key(&"ab".repeat(32)).unwrap().len(), 32);
+        assert!(TicketSigner::try_new(vec![0; 31], Duration::from_secs(1)).is_err());
+    }
+}
