@@ -12,6 +12,7 @@
 //! DataFusion's optimizer like any other filter.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -19,6 +20,7 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, visit_expressions};
 use serde::Deserialize;
 
 use crate::catalog::{Port, Product};
@@ -197,7 +199,18 @@ pub fn plan(ctx: &SessionContext, product: &Product, port: &Port, spec: &ReadSpe
 /// Parses and checks a filter against the columns of `df`.
 fn parse_filter(ctx: &SessionContext, product: &Product, df: &DataFrame, sql: &str) -> Result<Expr> {
     let bad = |message: String| Error::BadFilter { product: product.address(), message };
-    let expr = ctx.parse_sql_expr(sql, df.schema()).map_err(|e| match e.find_root() {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let parsed = state.sql_to_expr_with_alias(sql, &dialect).map_err(|e| bad(e.find_root().message().to_string()))?;
+    // Subqueries are refused on the syntax tree: resolving one would look up other tables.
+    let subquery = visit_expressions(&parsed.expr, |e| match e {
+        SqlExpr::Subquery(_) | SqlExpr::Exists { .. } | SqlExpr::InSubquery { .. } => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    });
+    if subquery.is_break() {
+        return Err(Error::FilterNotAllowed("subqueries"));
+    }
+    let expr = state.create_logical_expr_from_sql_expr(parsed, df.schema()).map_err(|e| match e.find_root() {
         DataFusionError::SchemaError(inner, _) => bad(inner.to_string()),
         other => bad(other.message().to_string()),
     })?;

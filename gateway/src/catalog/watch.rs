@@ -1,16 +1,19 @@
 //! Reloads the catalog when files under the mesh folder change.
+//!
+//! Only changes count (create, modify, remove, rename): reads are reported by the OS too, and a
+//! reload reads every product, so reacting to reads would reload forever.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify_debouncer_mini::notify::RecursiveMode;
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use notify::event::{AccessKind, EventKind, MetadataKind, ModifyKind};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use super::Catalog;
 
 /// Watches the mesh folder while alive; dropping it stops the watching.
 pub struct CatalogWatcher {
-    _debouncer: Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>,
+    _watcher: RecommendedWatcher,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -20,30 +23,60 @@ impl std::fmt::Debug for CatalogWatcher {
     }
 }
 
+/// Whether an event is a change of content or names (not a read or an access-time update).
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        EventKind::Modify(_) => true,
+        EventKind::Access(AccessKind::Close(notify::event::AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
+    }
+}
+
 impl CatalogWatcher {
-    /// Starts watching. Changes are debounced by `debounce`, so a team copying a folder of
-    /// files causes one reload, not hundreds.
-    pub fn start(catalog: Arc<Catalog>, debounce: Duration) -> Result<Self, notify_debouncer_mini::notify::Error> {
+    /// Starts watching. Changes within `debounce` of each other cause one reload, so a team
+    /// copying a folder of files causes one reload, not hundreds.
+    pub fn start(catalog: Arc<Catalog>, debounce: Duration) -> notify::Result<Self> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let mut debouncer = new_debouncer(debounce, move |res: DebounceEventResult| match res {
-            // A full channel means a reload is already pending, which will see this change too.
-            Ok(_) => drop(tx.try_send(())),
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            // A full channel means a reload is already pending; it will see this change too.
+            Ok(event) if is_change(&event.kind) => drop(tx.try_send(())),
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "watching the mesh folder failed"),
         })?;
-        debouncer.watcher().watch(catalog.mesh_dir(), RecursiveMode::Recursive)?;
+        watcher.watch(catalog.mesh_dir(), RecursiveMode::Recursive)?;
         let task = tokio::spawn(async move {
             while rx.recv().await.is_some() {
+                // Let a burst of changes settle before reading the folder.
+                tokio::time::sleep(debounce).await;
+                while rx.try_recv().is_ok() {}
                 if let Err(e) = catalog.reload().await {
                     tracing::warn!(error = %e, "reload after a change failed; the last good catalog stays");
                 }
             }
         });
-        Ok(Self { _debouncer: debouncer, task })
+        Ok(Self { _watcher: watcher, task })
     }
 }
 
 impl Drop for CatalogWatcher {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessMode, CreateKind, DataChange};
+
+    #[test]
+    fn reads_are_not_changes() {
+        assert!(!is_change(&EventKind::Access(AccessKind::Open(AccessMode::Read))));
+        assert!(!is_change(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(!is_change(&EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime))));
+        assert!(is_change(&EventKind::Modify(ModifyKind::Data(DataChange::Content))));
+        assert!(is_change(&EventKind::Create(CreateKind::File)));
     }
 }

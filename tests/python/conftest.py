@@ -1,0 +1,68 @@
+"""Starts the real `meshgate` binary on 127.0.0.1:0 over a freshly written sample mesh."""
+
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pyarrow.flight as flight
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("MESHGATE_BIN", REPO / "target" / "debug" / "meshgate"))
+
+
+class Server:
+    """A running gateway process and the address it bound."""
+
+    def __init__(self, mesh: Path, *args: str):
+        self.mesh = mesh
+        self.proc = subprocess.Popen(
+            [str(BIN), "--log-format", "json", "serve", "--mesh", str(mesh), "--listen", "127.0.0.1:0", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.log = []
+        # The server logs a `listening` record once bound: wait for that line, not for a time.
+        for line in self.proc.stderr:
+            self.log.append(line)
+            record = json.loads(line)
+            if record["fields"].get("message") == "listening":
+                self.addr = record["fields"]["addr"]
+                break
+        else:
+            raise RuntimeError("meshgate exited before listening:\n" + "".join(self.log))
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def client(self) -> flight.FlightClient:
+        return flight.connect(f"grpc://{self.addr}")
+
+    def stop(self):
+        self.proc.terminate()
+        assert self.proc.wait(timeout=30) == 0, "graceful shutdown exits 0"
+
+
+@pytest.fixture(scope="session")
+def sample_mesh(tmp_path_factory) -> Path:
+    mesh = tmp_path_factory.mktemp("mesh")
+    subprocess.run([str(BIN), "sample", "write", str(mesh)], check=True, capture_output=True)
+    return mesh
+
+
+@pytest.fixture(scope="session")
+def server(sample_mesh):
+    s = Server(sample_mesh)
+    yield s
+    s.stop()
+
+
+@pytest.fixture()
+def client(server) -> flight.FlightClient:
+    with server.client() as c:
+        yield c

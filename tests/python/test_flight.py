@@ -1,0 +1,143 @@
+"""What a pandas user does with pyarrow.flight, against the sample mesh."""
+
+import json
+import shutil
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+import pyarrow.flight as flight
+import pyarrow.ipc as ipc
+import pyarrow.json as pajson
+import pytest
+
+from conftest import Server
+
+# product -> (how to read its source files with pyarrow, primary key)
+SOURCES = {
+    "sales/orders": (lambda d: ds.dataset(d / "data", format="parquet", partitioning="hive").to_table(), "order_id"),
+    "sales/daily_revenue": (lambda d: ipc.open_file(d / "data" / "daily_revenue.arrow").read_all(), ["day", "region"]),
+    "customers/profiles": (lambda d: pacsv.read_csv(d / "data" / "profiles.csv"), "customer_id"),
+    "logistics/shipments": (lambda d: pa.concat_tables(pajson.read_json(f) for f in sorted((d / "data").glob("*.json"))), "shipment_id"),
+    "logistics/warehouses": (lambda d: pacsv.read_csv(d / "data" / "warehouses.csv"), "warehouse_id"),
+}
+
+
+def checksum(df: pd.DataFrame, key) -> int:
+    """Order-independent checksum over every value, compared as text."""
+    text = df.sort_values(key).reset_index(drop=True).astype(str)
+    return int(pd.util.hash_pandas_object(text, index=False).sum())
+
+
+def read(client, info) -> pa.Table:
+    return pa.concat_tables([client.do_get(e.ticket).read_all() for e in info.endpoints])
+
+
+def test_lists_every_product(client):
+    paths = sorted("/".join(p.decode() for p in f.descriptor.path) for f in client.list_flights())
+    assert paths == [f"{p}/v1" for p in sorted(SOURCES)]
+    assert [f.descriptor.path[1] for f in client.list_flights(b"tag:pii")] == [b"profiles"]
+
+
+@pytest.mark.parametrize("product", sorted(SOURCES))
+def test_every_product_reads_into_pandas_like_its_source(client, sample_mesh, product):
+    domain, name = product.split("/")
+    info = client.get_flight_info(flight.FlightDescriptor.for_path(domain, name))
+    served = read(client, info).to_pandas()
+    load, key = SOURCES[product]
+    source = load(sample_mesh / domain / name).to_pandas()[list(served.columns)]
+    assert len(served) == len(source)
+    if info.total_records >= 0:
+        assert info.total_records == len(served)
+    assert checksum(served, key) == checksum(source, key)
+
+
+def test_projected_filtered_read(client, sample_mesh):
+    query = {"product": "sales/orders", "columns": ["order_id", "amount"], "filter": "region = 'APAC' AND amount >= 250", "limit": 1_000_000}
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(query)))
+    served = read(client, info).to_pandas()
+    assert list(served.columns) == ["order_id", "amount"]
+    source = SOURCES["sales/orders"][0](sample_mesh / "sales" / "orders").to_pandas()
+    expected = source[(source.region == "APAC") & (source.amount >= 250)][["order_id", "amount"]]
+    assert len(served) == len(expected) > 0
+    assert checksum(served, "order_id") == checksum(expected, "order_id")
+
+    limited = dict(query, limit=7)
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(limited)))
+    assert read(client, info).num_rows == 7
+
+
+def test_get_schema_carries_the_contract(client):
+    schema = client.get_schema(flight.FlightDescriptor.for_path("customers", "profiles")).schema
+    assert schema.metadata[b"meshgate.contract_id"] == b"urn:meshgate:sample:customers:profiles:v1"
+    assert schema.field("email").metadata[b"meshgate.classification"] == b"pii"
+    cmd = json.dumps({"product": "customers/profiles", "columns": ["customer_id", "segment"]})
+    schema = client.get_schema(flight.FlightDescriptor.for_command(cmd)).schema
+    assert schema.names == ["customer_id", "segment"]
+
+
+def test_describe(client):
+    [result] = list(client.do_action(flight.Action("describe", b"logistics/shipments")))
+    doc = json.loads(result.body.to_pybytes())
+    assert doc["product"]["owner"] == "logistics-platform"
+    assert doc["contract"]["version"] == "1.0.0"
+    assert [c["name"] for c in doc["contract"]["columns"]][:2] == ["shipment_id", "order_id"]
+    assert "meshgate.binding" not in json.dumps(doc)
+
+
+def test_unknown_names_are_not_found(client):
+    with pytest.raises(KeyError, match="domains: `customers`, `logistics`, `sales`"):
+        client.get_flight_info(flight.FlightDescriptor.for_path("hr", "people"))
+    with pytest.raises(KeyError, match="products: `daily_revenue`, `orders`"):
+        client.get_flight_info(flight.FlightDescriptor.for_path("sales", "refunds"))
+    with pytest.raises(KeyError, match="ports: `v1 \\(1.0.0\\)`"):
+        client.get_flight_info(flight.FlightDescriptor.for_path("sales", "orders", "v7"))
+
+
+@pytest.mark.parametrize(
+    "descriptor, hint",
+    [
+        (flight.FlightDescriptor.for_path("..", "..", "etc"), "not a valid name"),
+        (flight.FlightDescriptor.for_path("sales", "../customers"), "not a valid name"),
+        (flight.FlightDescriptor.for_command(b"SELECT * FROM orders"), "valid meshgate query"),
+        (flight.FlightDescriptor.for_command(json.dumps({"product": "sales/orders", "filter": "no_such > 1"})), "no_such"),
+        (flight.FlightDescriptor.for_command(json.dumps({"product": "sales/orders", "filter": "order_id IN (SELECT order_id FROM orders)"})), "subqueries"),
+        (flight.FlightDescriptor.for_command(json.dumps({"product": "sales/orders", "columns": ["ssn"]})), "no column `ssn`"),
+    ],
+)
+def test_bad_requests_are_invalid_arguments(client, descriptor, hint):
+    with pytest.raises(pa.ArrowInvalid, match=hint):
+        client.get_flight_info(descriptor)
+
+
+def test_tampered_ticket_is_refused(client):
+    info = client.get_flight_info(flight.FlightDescriptor.for_path("logistics", "warehouses"))
+    ticket = bytearray(info.endpoints[0].ticket.ticket)
+    ticket[len(ticket) // 2] ^= 0x10
+    with pytest.raises((flight.FlightUnauthenticatedError, pa.ArrowInvalid)):
+        client.do_get(flight.Ticket(bytes(ticket))).read_all()
+    with pytest.raises(pa.ArrowInvalid, match="malformed"):
+        client.do_get(flight.Ticket(b"\x00\x01garbage")).read_all()
+
+
+def test_broken_manifest_and_vanished_data(tmp_path, sample_mesh):
+    """A broken product is refused with its reason; vanished data is UNAVAILABLE; others serve."""
+    mesh = tmp_path / "mesh"
+    shutil.copytree(sample_mesh, mesh)
+    (mesh / "sales" / "orders" / "v1.odcs.yaml").write_text("apiVersion: v3.1.0\nkind: DataContract\n")
+    server = Server(mesh, "--no-watch")
+    try:
+        with server.client() as c:
+            with pytest.raises(flight.FlightUnavailableError, match="v1.odcs.yaml"):
+                c.get_flight_info(flight.FlightDescriptor.for_path("sales", "orders"))
+            assert len(list(c.list_flights())) == 4
+            info = c.get_flight_info(flight.FlightDescriptor.for_path("logistics", "warehouses"))
+            (mesh / "logistics" / "warehouses" / "data" / "warehouses.csv").unlink()
+            with pytest.raises(flight.FlightUnavailableError) as e:
+                c.do_get(info.endpoints[0].ticket).read_all()
+            assert str(mesh) not in str(e.value)
+            info = c.get_flight_info(flight.FlightDescriptor.for_path("sales", "daily_revenue"))
+            assert c.do_get(info.endpoints[0].ticket).read_all().num_rows > 0
+    finally:
+        server.stop()
