@@ -95,7 +95,8 @@ impl Gateway {
                 config.listen
             )));
         }
-        let signer = match &config.ticket_key {
+        // An empty value (e.g. an unset variable passed through by compose) means no key.
+        let signer = match config.ticket_key.as_deref().filter(|k| !k.trim().is_empty()) {
             Some(k) => TicketSigner::try_new(
                 TicketSigner::decode_key(k).map_err(|e| Error::Config(e.to_string()))?,
                 config.ticket_ttl,

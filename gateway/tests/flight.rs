@@ -329,3 +329,12 @@ async fn memory_products_serve_through_the_same_path() {
     assert_eq!(rows(&f.read(&s).await.unwrap()), 100);
     f.stop().await;
 }
+
+#[tokio::test]
+async fn plain_tcp_off_loopback_needs_an_explicit_flag() {
+    let mesh = tempfile::tempdir().unwrap();
+    let mut config = meshgate::GatewayConfig::for_mesh(mesh.path());
+    config.listen = "0.0.0.0:0".parse().unwrap();
+    let e = meshgate::Gateway::bind(config, Default::default()).await.unwrap_err();
+    assert!(e.to_string().contains("--allow-plaintext"), "{e}");
+}
