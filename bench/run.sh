@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Baseline speed: TPC-H lineitem (scale 1, 6M rows) served by meshgate and by pyarrow's C++ Flight
+# server, read by the same pyarrow.flight client, in one run. Prints a table.
+#
+#   bash bench/run.sh [SCALE]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scale="${1:-1}"
+venv="${MESHGATE_VENV:-.venv}"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r bench/requirements.txt
+cargo build --release -p meshgate
+"$venv/bin/python" bench/flight_bench.py --scale "$scale" --meshgate "${CARGO_TARGET_DIR:-target}/release/meshgate"
