@@ -48,6 +48,28 @@ pub struct GatewayConfig {
     #[arg(long, env = "MESHGATE_NO_WATCH")]
     pub no_watch: bool,
 
+    /// Authentication configuration (YAML: trusted issuers, gateway tokens, users file); see
+    /// docs/security.md. Required unless --insecure-no-auth.
+    #[arg(long, env = "MESHGATE_AUTH")]
+    pub auth: Option<PathBuf>,
+
+    /// Serve without authentication, governance or audit: every caller reads everything.
+    /// Loopback addresses only; for local experiments and tests.
+    #[arg(long, env = "MESHGATE_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// The audit log (JSON lines, hash-chained). Required with --auth.
+    #[arg(long, env = "MESHGATE_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+
+    /// Keep serving when the audit log cannot be written (default: refuse requests).
+    #[arg(long, env = "MESHGATE_AUDIT_FAIL_OPEN")]
+    pub audit_fail_open: bool,
+
+    /// Name of this replica in audit records.
+    #[arg(long, env = "MESHGATE_REPLICA", default_value = "meshgate-0")]
+    pub replica: String,
+
     /// Rows per record batch read from storage.
     #[arg(long, env = "MESHGATE_BATCH_SIZE", default_value_t = 8192)]
     pub batch_size: usize,
@@ -58,7 +80,8 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// A configuration for `mesh` on `127.0.0.1:0` with defaults (tests, embedding).
+    /// A configuration for `mesh` on `127.0.0.1:0` with defaults and without authentication
+    /// (tests, embedding).
     pub fn for_mesh(mesh: impl Into<PathBuf>) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -70,6 +93,11 @@ impl GatewayConfig {
             allow_plaintext: false,
             shutdown_grace: Duration::from_secs(10),
             no_watch: false,
+            auth: None,
+            insecure_no_auth: true,
+            audit_log: None,
+            audit_fail_open: false,
+            replica: "meshgate-0".into(),
             batch_size: 8192,
             memory_limit_mb: 4096,
         }

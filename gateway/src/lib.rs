@@ -8,6 +8,9 @@
 //!
 //! Parts:
 //! - [`config`]: settings (flags and `MESHGATE_*` variables).
+//! - [`auth`]: who is calling (JWT, Basic via Handshake), as a tower layer on every call.
+//! - [`governance`]: Cedar policies, masks, row filters and the governed table.
+//! - [`audit`]: the hash-chained audit log.
 //! - [`catalog`]: manifests, validation, reload on change.
 //! - [`query`]: read requests (path, JSON query, ticket) and their DataFusion plans.
 //! - [`ticket`]: HMAC-signed stateless tickets.
@@ -17,9 +20,12 @@
 //!
 //! The design is in `docs/architecture.md`.
 
+pub mod audit;
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod flight;
+pub mod governance;
 pub mod query;
 pub mod sample;
 pub mod server;

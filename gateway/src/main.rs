@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use meshgate::auth::users::{User, Users};
+use meshgate::auth::{AuthConfig, GatewayTokens, Principal};
 use meshgate::catalog::Catalog;
 use meshgate::{Gateway, GatewayConfig, sample, server};
 use meshgate_adapters::AdapterRegistry;
@@ -39,6 +41,88 @@ enum Command {
     /// Work with the bundled sample mesh.
     #[command(subcommand)]
     Sample(SampleCommand),
+    /// Issue gateway tokens (development, automation).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage the users file of Basic credentials.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Work with audit logs.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// Who a token or user is.
+#[derive(Debug, clap::Args)]
+struct Identity {
+    /// Roles, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    roles: Vec<String>,
+    /// Groups, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    groups: Vec<String>,
+    /// Home domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Purpose of use.
+    #[arg(long)]
+    purpose: Option<String>,
+    /// Clearance.
+    #[arg(long)]
+    clearance: Option<String>,
+    /// Further attributes, `key=value` (e.g. `region=EMEA`).
+    #[arg(long = "attr", value_parser = parse_kv)]
+    attributes: Vec<(String, String)>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{s}` is not key=value"))
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a gateway-signed JWT for a subject.
+    Issue {
+        /// Authentication configuration whose gateway secret signs the token.
+        #[arg(long, env = "MESHGATE_AUTH", default_value = ".meshgate/auth.yaml")]
+        auth: PathBuf,
+        /// Subject.
+        #[arg(long)]
+        sub: String,
+        #[command(flatten)]
+        identity: Identity,
+        /// Lifetime.
+        #[arg(long, default_value = "1h", value_parser = meshgate::config::parse_duration)]
+        ttl: std::time::Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Add (or replace) a user; the password is read from the environment variable named by
+    /// --password-env, or from standard input.
+    Add {
+        /// Users file (created when missing).
+        #[arg(long)]
+        file: PathBuf,
+        /// User name.
+        #[arg(long)]
+        name: String,
+        /// Environment variable holding the password.
+        #[arg(long)]
+        password_env: Option<String>,
+        #[command(flatten)]
+        identity: Identity,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check an audit log's hash chain; reports the first broken record.
+    Verify {
+        /// The log.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,6 +156,11 @@ async fn main() -> ExitCode {
         Command::Sample(SampleCommand::Write { dir, scale }) => {
             sample::write(&dir, scale).map(|_| ExitCode::SUCCESS).map_err(|e| e.to_string())
         }
+        Command::Token(TokenCommand::Issue { auth, sub, identity, ttl }) => issue_token(&auth, sub, identity, ttl),
+        Command::Users(UsersCommand::Add { file, name, password_env, identity }) => {
+            add_user(&file, &name, password_env, identity)
+        }
+        Command::Audit(AuditCommand::Verify { file }) => verify_audit(&file),
     };
     match outcome {
         Ok(code) => code,
@@ -82,12 +171,99 @@ async fn main() -> ExitCode {
     }
 }
 
+fn principal_of(sub: String, id: Identity) -> Principal {
+    Principal {
+        subject: sub,
+        roles: id.roles,
+        groups: id.groups,
+        domain: id.domain,
+        purpose: id.purpose,
+        clearance: id.clearance,
+        attributes: id.attributes.into_iter().collect(),
+        ..Principal::anonymous()
+    }
+}
+
+fn issue_token(
+    auth: &std::path::Path,
+    sub: String,
+    id: Identity,
+    ttl: std::time::Duration,
+) -> Result<ExitCode, String> {
+    let cfg = AuthConfig::load(auth).map_err(|e| e.to_string())?;
+    let secret = cfg.gateway_secret().map_err(|e| e.to_string())?;
+    let tokens = GatewayTokens::new(&secret, &cfg.gateway.issuer, &cfg.gateway.audience, cfg.gateway.ttl);
+    let token = tokens.issue(&principal_of(sub, id), Some(ttl)).map_err(|e| e.to_string())?;
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn add_user(
+    file: &std::path::Path,
+    name: &str,
+    password_env: Option<String>,
+    id: Identity,
+) -> Result<ExitCode, String> {
+    let password = match password_env {
+        Some(var) => std::env::var(&var).map_err(|_| format!("variable {var} is not set"))?,
+        None => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map_err(|e| e.to_string())?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    if password.len() < 8 {
+        return Err("the password must be at least 8 characters".into());
+    }
+    let mut users = if file.exists() { Users::load(file).map_err(|e| e.to_string())? } else { Users::default() };
+    let p = principal_of(name.to_string(), id);
+    users.users.insert(
+        name.to_string(),
+        User {
+            password_hash: Users::hash(&password),
+            roles: p.roles,
+            groups: p.groups,
+            domain: p.domain,
+            purpose: p.purpose,
+            clearance: p.clearance,
+            attributes: p.attributes,
+        },
+    );
+    users.save(file).map_err(|e| e.to_string())?;
+    eprintln!("user {name} written to {}", file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify_audit(file: &std::path::Path) -> Result<ExitCode, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    match meshgate::audit::chain::verify(&text) {
+        Ok((records, _)) => {
+            println!("ok: {records} records, chain intact");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(b) => {
+            println!("broken at line {}: {}", b.line, b.reason);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 async fn serve(mut config: GatewayConfig) -> Result<ExitCode, String> {
     if config.mesh.is_none() {
         let dir = PathBuf::from("mesh");
         tracing::info!(mesh = %dir.display(), "no --mesh given: serving the bundled sample mesh");
         sample::write(&dir, 1.0).map_err(|e| e.to_string())?;
         config.mesh = Some(dir);
+        if config.auth.is_none() && !config.insecure_no_auth {
+            let dev = PathBuf::from(".meshgate");
+            let auth = sample::write_dev_auth(&dev).map_err(|e| e.to_string())?;
+            config.auth = Some(auth);
+            config.audit_log.get_or_insert_with(|| dev.join("audit.jsonl"));
+            tracing::info!(
+                "authentication is on. Development token: `meshgate token issue --sub alice --roles analyst --attr region=EMEA`, \
+                 or Basic credentials alice / alice-dev-password in Handshake (README: sample users)"
+            );
+        }
     }
     let gateway = Gateway::bind(config, MemoryAdapter::default()).await.map_err(|e| e.to_string())?;
     tracing::info!(

@@ -16,6 +16,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{Expr, ExprSchemable};
@@ -162,9 +163,18 @@ pub struct Planned {
     pub schema: SchemaRef,
 }
 
-/// Plans `spec` against an already resolved product port.
-pub fn plan(ctx: &SessionContext, product: &Product, port: &Port, spec: &ReadSpec) -> Result<Planned> {
-    let contract_cols: Vec<&str> = port.schema.fields().iter().map(|f| f.name().as_str()).collect();
+/// Plans `spec` over `table`: the port's table as the caller may see it (the governed table, or
+/// the adapter's table when governance is off).
+pub fn plan(
+    ctx: &SessionContext,
+    product: &Product,
+    port: &Port,
+    table: Arc<dyn TableProvider>,
+    spec: &ReadSpec,
+) -> Result<Planned> {
+    let table_schema = table.schema();
+    let contract_cols: Vec<&str> =
+        port.schema.fields().iter().map(|f| f.name().as_str()).filter(|c| table_schema.index_of(c).is_ok()).collect();
     let mut seen = HashSet::new();
     for c in &spec.columns {
         if !contract_cols.contains(&c.as_str()) {
@@ -180,7 +190,7 @@ pub fn plan(ctx: &SessionContext, product: &Product, port: &Port, spec: &ReadSpe
     }
     // The contract is the interface: data columns it does not declare are not reachable, not
     // even from a filter.
-    let mut df = ctx.read_table(Arc::clone(&port.table))?.select_columns(&contract_cols)?;
+    let mut df = ctx.read_table(table)?.select_columns(&contract_cols)?;
     if let Some(sql) = &spec.filter {
         let expr = parse_filter(ctx, product, &df, sql)?;
         df = df.filter(expr)?;

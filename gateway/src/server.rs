@@ -17,6 +17,9 @@ use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
+use crate::audit::AuditLog;
+use crate::auth::layer::{AuthLayer, AuthMode, FailureSink};
+use crate::auth::{AuthConfig, Authenticator};
 use crate::catalog::{Catalog, CatalogWatcher};
 use crate::config::GatewayConfig;
 use crate::flight::MeshFlightService;
@@ -45,6 +48,12 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("serving failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// Authentication could not be set up.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::Error),
+    /// The audit log could not be opened.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::Error),
 }
 
 /// A running gateway.
@@ -55,6 +64,7 @@ pub struct Gateway {
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     grace: std::time::Duration,
+    audit: Option<Arc<AuditLog>>,
     _watcher: Option<CatalogWatcher>,
 }
 
@@ -109,9 +119,29 @@ impl Gateway {
                 TicketSigner::random(config.ticket_ttl)
             }
         };
+        let authenticator = match (&config.auth, config.insecure_no_auth) {
+            (Some(path), _) => Some(Arc::new(Authenticator::from_config(&AuthConfig::load(path)?)?)),
+            (None, true) if config.listen.ip().is_loopback() => {
+                tracing::warn!("authentication is OFF (--insecure-no-auth): every local caller reads everything");
+                None
+            }
+            (None, true) => {
+                return Err(Error::Config("--insecure-no-auth is only allowed on a loopback address".into()));
+            }
+            (None, false) => {
+                return Err(Error::Config("configure authentication with --auth FILE (docs/security.md), or pass --insecure-no-auth for a local experiment".into()));
+            }
+        };
+        let audit = match (&config.audit_log, &authenticator) {
+            (Some(path), _) => Some(AuditLog::open(path, config.audit_fail_open, &config.replica).await?),
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(Error::Config("with authentication on, give the audit log's file with --audit-log".into()));
+            }
+        };
         let ctx = session_context(&config)?;
         let registry = AdapterRegistry::with_defaults(memory);
-        let catalog = Arc::new(Catalog::load(&mesh, registry, ctx.state()).await?);
+        let catalog = Arc::new(Catalog::load_governed(&mesh, registry, ctx.state(), authenticator.is_some()).await?);
         let watcher = if config.no_watch {
             None
         } else {
@@ -129,20 +159,49 @@ impl Gateway {
         let addr = listener
             .local_addr()
             .map_err(|source| Error::Io { context: "reading the bound address".into(), source })?;
-        let service = FlightServiceServer::new(MeshFlightService::new(Arc::clone(&catalog), signer, ctx))
-            .max_decoding_message_size(16 << 20)
-            .max_encoding_message_size(usize::MAX);
+        let mut flight = MeshFlightService::new(Arc::clone(&catalog), signer, ctx);
+        let mode = match &authenticator {
+            Some(a) => {
+                flight = flight.with_auth(Arc::clone(a));
+                AuthMode::Required(Arc::clone(a))
+            }
+            None => AuthMode::Off,
+        };
+        if let Some(log) = &audit {
+            flight = flight.with_audit(Arc::clone(log));
+        }
+        let on_failure = audit.clone().map(|log| -> FailureSink {
+            Arc::new(move |parts: &http::request::Parts, e: &crate::auth::Error| {
+                let address = parts
+                    .extensions
+                    .get::<tonic::transport::server::TcpConnectInfo>()
+                    .and_then(|i| i.remote_addr())
+                    .or_else(|| {
+                        parts
+                            .extensions
+                            .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
+                            .and_then(|i| i.get_ref().remote_addr())
+                    });
+                let client = crate::audit::Client {
+                    address: address.map(|a| a.to_string()),
+                    user_agent: parts.headers.get("user-agent").and_then(|v| v.to_str().ok()).map(str::to_string),
+                };
+                log.auth_failure(parts.uri.path(), client, &e.to_string());
+            })
+        });
+        let service =
+            FlightServiceServer::new(flight).max_decoding_message_size(16 << 20).max_encoding_message_size(usize::MAX);
         let mut builder = Server::builder();
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;
         }
         let (tx, rx) = oneshot::channel::<()>();
-        let router = builder.add_service(service);
+        let router = builder.layer(AuthLayer::new(mode, on_failure)).add_service(service);
         let task = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = rx.await;
         }));
         tracing::info!(%addr, tls = config.tls_cert.is_some(), mesh = %catalog.mesh_dir().display(), "listening");
-        Ok(Self { addr, catalog, shutdown: Some(tx), task, grace: config.shutdown_grace, _watcher: watcher })
+        Ok(Self { addr, catalog, shutdown: Some(tx), task, grace: config.shutdown_grace, audit, _watcher: watcher })
     }
 
     /// The address the gateway listens on.
@@ -155,12 +214,22 @@ impl Gateway {
         &self.catalog
     }
 
-    /// Stops accepting, waits up to the grace period for running streams, then stops.
+    /// The audit log, when auditing.
+    pub fn audit(&self) -> Option<&Arc<AuditLog>> {
+        self.audit.as_ref()
+    }
+
+    /// Stops accepting, waits up to the grace period for running streams, then flushes the
+    /// audit log and stops.
     pub async fn shutdown(mut self) -> Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        match tokio::time::timeout(self.grace, &mut self.task).await {
+        let served = tokio::time::timeout(self.grace, &mut self.task).await;
+        if let Some(log) = &self.audit {
+            log.close().await;
+        }
+        match served {
             Ok(Ok(served)) => served.map_err(Error::from),
             Ok(Err(join)) => Err(Error::Config(format!("server task failed: {join}"))),
             Err(_) => {

@@ -338,3 +338,35 @@ async fn plain_tcp_off_loopback_needs_an_explicit_flag() {
     let e = meshgate::Gateway::bind(config, Default::default()).await.unwrap_err();
     assert!(e.to_string().contains("--allow-plaintext"), "{e}");
 }
+
+#[tokio::test]
+async fn contracts_are_checked_against_the_data_and_standard_extras_are_accepted() {
+    let mesh = tempfile::tempdir().unwrap();
+    meshgate::sample::write(mesh.path(), 0.02).unwrap();
+    let contract = mesh.path().join("logistics/warehouses/v1.odcs.yaml");
+    let text = std::fs::read_to_string(&contract).unwrap();
+    // Standard fields meshgate does not use are fine.
+    let extended = format!("{text}servers:\n  - server: local\n    type: local\nsupport:\n  - channel: '#logistics'\n");
+    std::fs::write(&contract, extended).unwrap();
+    // A column the data does not have, and a type the data does not hold.
+    let shipments = mesh.path().join("logistics/shipments/v1.odcs.yaml");
+    let bad = std::fs::read_to_string(&shipments)
+        .unwrap()
+        .replace(
+            "      - name: carrier\n        logicalType: string",
+            "      - name: carrier\n        logicalType: integer",
+        )
+        .replace("      - name: status\n", "      - name: state\n");
+    std::fs::write(&shipments, bad).unwrap();
+    let config = meshgate::GatewayConfig::for_mesh(mesh.path());
+    let mut f = Fixture::start(mesh, config, Default::default()).await;
+    let info = f.info(&["logistics", "warehouses"]).await.unwrap();
+    assert_eq!(rows(&f.read(&info).await.unwrap()), 24);
+    let d = f.action("describe", "logistics/shipments").await.unwrap();
+    let problems: Vec<String> = d["problems"].as_array().unwrap().iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].contains("`carrier` is declared `integer` but the data holds Utf8"), "{}", problems[0]);
+    assert!(problems[1].contains("column `state` is not in the data"), "{}", problems[1]);
+    assert!(problems[1].contains("schema[0].properties[7]"), "{}", problems[1]);
+    f.stop().await;
+}

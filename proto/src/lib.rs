@@ -35,6 +35,7 @@ mod tests {
             subject: "alice".into(),
             shard_index: 1,
             shard_count: 2,
+            issuer: String::new(),
         };
         let bytes = claims.encode_to_vec();
         // Hand-checked: field 10 (expiry) is `50 07`, field 11 (subject) `5a 05 "alice"`, ...

@@ -18,6 +18,8 @@ class Server:
 
     def __init__(self, mesh: Path, *args: str):
         self.mesh = mesh
+        if "--auth" not in args:
+            args = ("--insecure-no-auth", *args)
         self.proc = subprocess.Popen(
             [str(BIN), "--log-format", "json", "serve", "--mesh", str(mesh), "--listen", "127.0.0.1:0", *args],
             stdout=subprocess.DEVNULL,

@@ -20,6 +20,7 @@ use super::model::{Contract, Port, Problem, Product};
 
 /// File name of a product's ODPS manifest.
 pub const PRODUCT_FILE: &str = "product.odps.yaml";
+const SENSITIVITIES: &[&str] = &["public", "internal", "confidential", "restricted"];
 const STATUSES: &[&str] = &["proposed", "draft", "active", "deprecated", "retired"];
 const LOGICAL_TYPES: &str = "string, integer, number, boolean, date, timestamp, time, array, object";
 
@@ -128,6 +129,16 @@ impl Loader {
                 }
             },
         };
+        let sensitivity = match custom_value(&m.custom_properties, "meshgate.sensitivity") {
+            None => "internal".to_string(),
+            Some(v) => match v.as_str().filter(|s| SENSITIVITIES.contains(s)) {
+                Some(s) => s.to_string(),
+                None => {
+                    p.add("customProperties[meshgate.sensitivity]", format!("use one of {}", SENSITIVITIES.join(", ")));
+                    String::new()
+                }
+            },
+        };
         if !p.list.is_empty() {
             return Err(p.list);
         }
@@ -151,6 +162,7 @@ impl Loader {
             description: description_text(m.description.as_ref()),
             owner: team_name(m.team.as_ref()),
             tags: m.tags,
+            sensitivity,
             ports,
             default_port,
             document,

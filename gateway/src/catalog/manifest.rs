@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 /// `customProperties` entries meshgate understands, per file kind.
-pub(crate) const PRODUCT_PROPERTIES: &[&str] = &["meshgate.defaultPort"];
+pub(crate) const PRODUCT_PROPERTIES: &[&str] = &["meshgate.defaultPort", "meshgate.sensitivity"];
 /// See [`PRODUCT_PROPERTIES`].
 pub(crate) const CONTRACT_PROPERTIES: &[&str] = &["meshgate.binding"];
 

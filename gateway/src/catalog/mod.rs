@@ -19,6 +19,8 @@ use datafusion::execution::session_state::SessionState;
 use meshgate_adapters::AdapterRegistry;
 use serde::Serialize;
 
+use crate::governance::Governance;
+
 mod load;
 pub mod manifest;
 pub mod model;
@@ -83,6 +85,9 @@ pub enum Error {
     /// The mesh folder itself cannot be read.
     #[error("the mesh folder cannot be read: {0}")]
     MeshUnreadable(String),
+    /// The governance files cannot be loaded at start-up.
+    #[error("governance: {0}")]
+    Governance(String),
 }
 
 /// What a reload did.
@@ -94,6 +99,8 @@ pub struct ReloadReport {
     pub available: usize,
     /// Products whose newest manifests were refused (serving the last good version or nothing).
     pub problems: BTreeMap<String, Vec<Problem>>,
+    /// Why the newest governance files were refused (the previous rules stay in force).
+    pub governance_problem: Option<String>,
 }
 
 /// The catalog. Cheap to share behind an `Arc`.
@@ -103,19 +110,37 @@ pub struct Catalog {
     state: ArcSwap<CatalogState>,
     reload_lock: tokio::sync::Mutex<()>,
     generation: tokio::sync::watch::Sender<u64>,
+    governance: Option<Arc<Governance>>,
 }
 
 impl Catalog {
     /// Loads every product under `mesh_dir`. Fails only when the folder cannot be read; broken
     /// products are listed as unavailable.
     pub async fn load(mesh_dir: &Path, registry: AdapterRegistry, state: SessionState) -> Result<Self> {
+        Self::load_governed(mesh_dir, registry, state, false).await
+    }
+
+    /// Like [`Catalog::load`], also loading the mesh's governance (policies, masks, row
+    /// filters) when `governed`; reloads then reload both.
+    pub async fn load_governed(
+        mesh_dir: &Path,
+        registry: AdapterRegistry,
+        state: SessionState,
+        governed: bool,
+    ) -> Result<Self> {
         let mesh_dir = std::fs::canonicalize(mesh_dir)
             .map_err(|e| Error::MeshUnreadable(format!("{} ({})", mesh_dir.display(), e.kind())))?;
+        let governance = if governed {
+            Some(Arc::new(Governance::load(&mesh_dir).map_err(|e| Error::Governance(e.to_string()))?))
+        } else {
+            None
+        };
         let catalog = Self {
             loader: Loader { mesh_dir, registry, state },
             state: ArcSwap::from_pointee(CatalogState::default()),
             reload_lock: tokio::sync::Mutex::new(()),
             generation: tokio::sync::watch::Sender::new(0),
+            governance,
         };
         catalog.reload().await?;
         Ok(catalog)
@@ -136,6 +161,11 @@ impl Catalog {
         &self.loader.state
     }
 
+    /// The governance in force, when the catalog is governed.
+    pub fn governance(&self) -> Option<&Arc<Governance>> {
+        self.governance.as_ref()
+    }
+
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<CatalogState> {
         self.state.load_full()
@@ -150,6 +180,13 @@ impl Catalog {
     pub async fn reload(&self) -> Result<ReloadReport> {
         let _guard = self.reload_lock.lock().await;
         let old = self.snapshot();
+        let mut governance_problem = None;
+        if let Some(g) = &self.governance {
+            if let Err(e) = g.reload() {
+                tracing::warn!(error = %e, "governance refused; the rules in force stay");
+                governance_problem = Some(e.to_string());
+            }
+        }
         let folders = product_folders(&self.loader.mesh_dir)?;
         let mut entries = BTreeMap::new();
         for ((domain, name), dir) in folders {
@@ -169,6 +206,7 @@ impl Catalog {
         let report = ReloadReport {
             generation,
             available: entries.values().filter(|e| e.product.is_some()).count(),
+            governance_problem,
             problems: entries
                 .iter()
                 .filter(|(_, e)| !e.problems.is_empty())
@@ -204,25 +242,49 @@ fn product_folders(mesh: &Path) -> Result<BTreeMap<ProductKey, PathBuf>> {
     Ok(out)
 }
 
+/// Decides which products a caller may learn of: `(domain, product, loaded product if any)`.
+pub type Visibility<'a> = &'a (dyn Fn(&str, &str, Option<&Product>) -> bool + Sync);
+
 impl CatalogState {
     /// Resolves a product address: domain, product and optionally a port name or version.
     pub fn resolve(&self, domain: &str, product: &str, port: Option<&str>) -> Result<(Arc<Product>, Arc<Port>)> {
+        self.resolve_visible(domain, product, port, &|_, _, _| true)
+    }
+
+    /// Like [`CatalogState::resolve`], for a caller who sees only the products `visible` allows:
+    /// an invisible product is reported exactly like a missing one, and lists of what exists
+    /// name only visible products.
+    pub fn resolve_visible(
+        &self,
+        domain: &str,
+        product: &str,
+        port: Option<&str>,
+        visible: Visibility<'_>,
+    ) -> Result<(Arc<Product>, Arc<Port>)> {
         for (what, v) in [("domain", Some(domain)), ("product", Some(product)), ("port", port)] {
             if let Some(v) = v.filter(|v| !is_valid_name(v)) {
                 return Err(Error::InvalidName { what, value: v.escape_default().to_string() });
             }
         }
-        let entry = match self.entries.get(&(domain.to_string(), product.to_string())) {
+        let seen = |(d, p): &&ProductKey, e: &&Entry| visible(d, p, e.product.as_deref());
+        let entry = self
+            .entries
+            .get(&(domain.to_string(), product.to_string()))
+            .filter(|e| visible(domain, product, e.product.as_deref()));
+        let entry = match entry {
             Some(e) => e,
-            None if self.entries.keys().any(|(d, _)| d == domain) => {
+            None if self.entries.iter().any(|(k, e)| k.0 == domain && seen(&k, &e)) => {
                 return Err(Error::NoProduct {
                     domain: domain.into(),
                     product: product.into(),
-                    known: join(self.entries.keys().filter(|(d, _)| d == domain).map(|(_, p)| p.as_str())),
+                    known: join(
+                        self.entries.iter().filter(|(k, e)| k.0 == domain && seen(k, e)).map(|(k, _)| k.1.as_str()),
+                    ),
                 });
             }
             None => {
-                let mut domains: Vec<&str> = self.entries.keys().map(|(d, _)| d.as_str()).collect();
+                let mut domains: Vec<&str> =
+                    self.entries.iter().filter(|(k, e)| seen(k, e)).map(|(k, _)| k.0.as_str()).collect();
                 domains.dedup();
                 return Err(Error::NoDomain { domain: domain.into(), known: join(domains.into_iter()) });
             }

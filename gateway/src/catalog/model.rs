@@ -52,6 +52,9 @@ pub struct Product {
     pub owner: Option<String>,
     /// Tags.
     pub tags: Vec<String>,
+    /// Sensitivity for policies (`meshgate.sensitivity`: public, internal, confidential,
+    /// restricted; default internal).
+    pub sensitivity: String,
     /// Output ports, in manifest order.
     pub ports: Vec<Arc<Port>>,
     /// Index into `ports` of the port served when a path names none.

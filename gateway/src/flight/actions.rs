@@ -8,7 +8,7 @@ use meshgate_adapters::{Health, OpenContext};
 use serde_json::{Value, json};
 
 use super::error::{Error, Result};
-use crate::catalog::{self, Catalog, Port, Product};
+use crate::catalog::{self, Catalog, Port, Product, Visibility};
 
 /// Actions offered, with their descriptions (as `ListActions` returns them).
 pub const ACTIONS: &[(&str, &str)] = &[
@@ -24,11 +24,21 @@ pub const ACTIONS: &[(&str, &str)] = &[
 ];
 
 /// Runs action `name` with `body`; returns the result body.
-pub async fn run(catalog: &Arc<Catalog>, name: &str, body: &[u8]) -> Result<Vec<u8>> {
+/// `visible` says which products the caller may learn of; `may_admin` whether it may reload.
+pub async fn run(
+    catalog: &Arc<Catalog>,
+    name: &str,
+    body: &[u8],
+    visible: Visibility<'_>,
+    may_admin: bool,
+) -> Result<Vec<u8>> {
     let value = match name {
-        "describe" => describe(catalog, body)?,
-        "health" => health(catalog).await,
-        "reload" => serde_json::to_value(catalog.reload().await?).map_err(|e| Error::Internal(e.to_string()))?,
+        "describe" => describe(catalog, body, visible)?,
+        "health" => health(catalog, visible).await,
+        "reload" if may_admin => {
+            serde_json::to_value(catalog.reload().await?).map_err(|e| Error::Internal(e.to_string()))?
+        }
+        "reload" => return Err(Error::Denied { product: "the gateway (reload)".into(), policy_ids: vec![] }),
         other => {
             let known: Vec<&str> = ACTIONS.iter().map(|(n, _)| *n).collect();
             return Err(Error::BadAction(format!(
@@ -66,10 +76,10 @@ fn target(body: &[u8]) -> Result<(String, String, Option<String>)> {
     }
 }
 
-fn describe(catalog: &Catalog, body: &[u8]) -> Result<Value> {
+fn describe(catalog: &Catalog, body: &[u8], visible: Visibility<'_>) -> Result<Value> {
     let (domain, product, port) = target(body)?;
     let snapshot = catalog.snapshot();
-    match snapshot.resolve(&domain, &product, port.as_deref()) {
+    match snapshot.resolve_visible(&domain, &product, port.as_deref(), visible) {
         Ok((p, port)) => {
             let problems = snapshot.entries.get(&(domain, product)).map(|e| e.problems.clone()).unwrap_or_default();
             Ok(json!({
@@ -156,11 +166,14 @@ fn public_document(doc: &Value) -> Value {
     doc
 }
 
-async fn health(catalog: &Catalog) -> Value {
+async fn health(catalog: &Catalog, visible: Visibility<'_>) -> Value {
     let snapshot = catalog.snapshot();
     let mut products = Vec::new();
     let mut degraded = false;
     for ((domain, name), entry) in &snapshot.entries {
+        if !visible(domain, name, entry.product.as_deref()) {
+            continue;
+        }
         let mut ports = Vec::new();
         if let Some(p) = &entry.product {
             for port in &p.ports {

@@ -8,7 +8,7 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use tonic::{Code, Status};
 
-use crate::{catalog, query, ticket};
+use crate::{audit, auth, catalog, governance, query, ticket};
 
 /// Result with the Flight front's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -54,6 +54,26 @@ pub enum Error {
         /// What DataFusion reported.
         source: Box<DataFusionError>,
     },
+    /// The caller is not authenticated.
+    #[error(transparent)]
+    Auth(#[from] auth::Error),
+    /// Policy denies the read.
+    #[error("you may not read `{product}`; ask its owning team for access")]
+    Denied {
+        /// `domain/product`.
+        product: String,
+        /// Policies that denied (for the log and the audit record, not the caller).
+        policy_ids: Vec<String>,
+    },
+    /// The ticket belongs to another principal.
+    #[error("this ticket was issued to another principal; call GetFlightInfo with your own credentials")]
+    ForeignTicket,
+    /// The audit log cannot record the call.
+    #[error(transparent)]
+    Audit(#[from] audit::Error),
+    /// Governance rules could not be applied; the call fails closed.
+    #[error(transparent)]
+    Governance(#[from] governance::Error),
     /// A fault of the gateway itself.
     #[error("internal error: {0}")]
     Internal(String),
@@ -97,6 +117,7 @@ fn to_status(e: &Error) -> Status {
             C::NoDomain { .. } | C::NoProduct { .. } | C::NoPort { .. } => Status::not_found(msg),
             C::Unavailable { .. } => Status::unavailable(msg),
             C::MeshUnreadable(_) => internal("the mesh folder cannot be read"),
+            C::Governance(_) => internal("the governance files cannot be loaded"),
         },
         Error::Query(q) => match q {
             Q::BadPath(_)
@@ -119,6 +140,13 @@ fn to_status(e: &Error) -> Status {
         Error::BadDescriptor(_) | Error::BadAction(_) => Status::invalid_argument(msg),
         Error::Unsupported(_) => Status::new(Code::Unimplemented, msg),
         Error::Execution { product, source } => datafusion_status(&format!("`{product}`"), source),
+        Error::Auth(a) => Status::from(a.clone()),
+        Error::Denied { .. } | Error::ForeignTicket => Status::permission_denied(msg),
+        Error::Audit(a) => match a {
+            audit::Error::Unavailable => Status::unavailable(msg),
+            audit::Error::Broken { .. } | audit::Error::Io { .. } => internal("the audit log is not usable"),
+        },
+        Error::Governance(_) => internal("governance rules could not be applied"),
         Error::Internal(what) => internal(what),
     }
 }
@@ -217,6 +245,12 @@ mod tests {
         assert_eq!(code(Error::BadDescriptor("x".into())), Code::InvalidArgument);
         assert_eq!(code(Error::Unsupported("DoPut")), Code::Unimplemented);
         assert_eq!(code(Error::Internal("x".into())), Code::Internal);
+        assert_eq!(code(Error::Auth(auth::Error::Expired)), Code::Unauthenticated);
+        assert_eq!(code(Error::Denied { product: "a/b".into(), policy_ids: vec![] }), Code::PermissionDenied);
+        assert_eq!(code(Error::ForeignTicket), Code::PermissionDenied);
+        assert_eq!(code(Error::Audit(audit::Error::Unavailable)), Code::Unavailable);
+        let g = governance::Error::Config { file: "x".into(), message: "y".into() };
+        assert_eq!(code(Error::Governance(g)), Code::Internal);
     }
 
     #[test]

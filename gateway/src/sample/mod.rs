@@ -49,7 +49,68 @@ pub const MANIFESTS: &[(&str, &str)] = &[
     ("logistics/shipments/v1.odcs.yaml", include_str!("../../../mesh/logistics/shipments/v1.odcs.yaml")),
     ("logistics/warehouses/product.odps.yaml", include_str!("../../../mesh/logistics/warehouses/product.odps.yaml")),
     ("logistics/warehouses/v1.odcs.yaml", include_str!("../../../mesh/logistics/warehouses/v1.odcs.yaml")),
+    ("_governance/policies/global.cedar", include_str!("../../../mesh/_governance/policies/global.cedar")),
+    ("_governance/governance.yaml", include_str!("../../../mesh/_governance/governance.yaml")),
+    ("sales/_policies/sales.cedar", include_str!("../../../mesh/sales/_policies/sales.cedar")),
+    ("sales/_governance.yaml", include_str!("../../../mesh/sales/_governance.yaml")),
 ];
+
+/// Development users of the sample: (name, roles, attributes, clearance). Each one's password is
+/// `<name>-dev-password`.
+pub const DEV_USERS: &[(&str, &[&str], &[(&str, &str)], Option<&str>)] = &[
+    ("alice", &["analyst"], &[("region", "EMEA")], None),
+    ("bob", &["analyst"], &[("region", "AMER")], None),
+    ("carol", &["analyst", "privacy_officer", "finance", "sales_admin"], &[("region", "EMEA")], Some("restricted")),
+    ("dave", &["data_scientist"], &[], None),
+    ("erin", &["auditor"], &[], None),
+    ("olga", &["admin"], &[], None),
+    ("pat", &["analyst", "partner"], &[("region", "APAC")], None),
+];
+
+/// Writes a development authentication setup into `dir` (kept when present): a random gateway
+/// secret, the [`DEV_USERS`] and `auth.yaml` tying them together. Returns the `auth.yaml` path.
+pub fn write_dev_auth(dir: &Path) -> Result<std::path::PathBuf> {
+    use crate::auth::users::{User, Users};
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let secret = dir.join("gateway.secret");
+    if !secret.exists() {
+        let bytes: [u8; 32] = rand::random();
+        std::fs::write(&secret, hex::encode(bytes)).map_err(io(&secret))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).map_err(io(&secret))?;
+        }
+    }
+    let users_file = dir.join("users.yaml");
+    if !users_file.exists() {
+        let mut users = Users::default();
+        for (name, roles, attrs, clearance) in DEV_USERS {
+            users.users.insert(
+                name.to_string(),
+                User {
+                    password_hash: Users::hash(&format!("{name}-dev-password")),
+                    roles: roles.iter().map(|r| r.to_string()).collect(),
+                    clearance: clearance.map(str::to_string),
+                    attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                    ..User::default()
+                },
+            );
+        }
+        users.save(&users_file).map_err(io(&users_file))?;
+    }
+    let auth = dir.join("auth.yaml");
+    if !auth.exists() {
+        let text = "# Development authentication for the sample mesh. Not for real use.\n\
+                    gateway:\n  secret_file: gateway.secret\n  ttl: 8h\nusers_file: users.yaml\n";
+        std::fs::write(&auth, text).map_err(io(&auth))?;
+    }
+    Ok(auth)
+}
 
 /// Writes the sample mesh into `dir`: manifests that are missing, and the data of every product
 /// whose `data/` folder is missing. Existing files are left alone. Returns the products whose

@@ -1,0 +1,338 @@
+//! The audit log: one JSON record per outcome, append-only, hash-chained.
+//!
+//! Handlers take an [`AuditToken`] when a call starts, tell it what was decided and planned, and
+//! finish it with the outcome; a token dropped unfinished (a client that went away) records a
+//! `cancelled` outcome. Records go through a bounded channel to one writer task that assigns the
+//! chain fields (`seq`, `prev_hash`, `hash`), appends a line, and flushes at least every second
+//! and on shutdown. When the log cannot be written, calls fail closed with `UNAVAILABLE`
+//! unless the gateway is configured to fail open.
+//!
+//! Never in a record: tokens, passwords, unmasked values.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+
+pub mod chain;
+
+use crate::auth::Principal;
+
+/// Result with the audit [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why auditing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The log cannot take records: requests must not proceed (fail closed).
+    #[error("the audit log cannot be written; requests are refused until it can")]
+    Unavailable,
+    /// The existing log is not a valid chain; the gateway will not append to it.
+    #[error("the audit log {path} is broken at line {line}: {reason}; move it aside (and investigate) before starting")]
+    Broken {
+        /// File.
+        path: String,
+        /// First broken line.
+        line: usize,
+        /// Why.
+        reason: String,
+    },
+    /// Opening the file failed.
+    #[error("cannot open the audit log {path}: {source}")]
+    Io {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Who called, from where.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Client {
+    /// Peer address.
+    pub address: Option<String>,
+    /// `user-agent` header.
+    pub user_agent: Option<String>,
+}
+
+/// What was read.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Resource {
+    /// Domain.
+    pub domain: String,
+    /// Product.
+    pub product: String,
+    /// Port.
+    pub port: String,
+    /// Contract id.
+    pub contract_id: String,
+    /// Contract version.
+    pub contract_version: String,
+    /// Columns returned.
+    pub columns: Vec<String>,
+}
+
+/// The policy decision.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Decision {
+    /// `allow` or `deny`.
+    pub effect: String,
+    /// Policies that decided.
+    pub policy_ids: Vec<String>,
+    /// `column: strategy` for each masked column.
+    pub masks: Vec<String>,
+    /// Row filters applied, as expressions.
+    pub row_filters: Vec<String>,
+}
+
+/// The audit log handle. Cheap to share.
+#[derive(Debug)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Msg>,
+    healthy: Arc<AtomicBool>,
+    fail_open: bool,
+    replica: String,
+    path: PathBuf,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+enum Msg {
+    Record(Value),
+    Flush(oneshot::Sender<()>),
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log at `path`, checking the existing chain, and starts the writer.
+    pub async fn open(path: &Path, fail_open: bool, replica: &str) -> Result<Arc<Self>> {
+        let io = |source| Error::Io { path: path.display().to_string(), source };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir).await.map_err(io)?;
+        }
+        let existing = match tokio::fs::read_to_string(path).await {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io(e)),
+        };
+        let (seq, prev) = chain::verify(&existing).map_err(|b| Error::Broken {
+            path: path.display().to_string(),
+            line: b.line,
+            reason: b.reason,
+        })?;
+        let file = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await.map_err(io)?;
+        let (tx, rx) = mpsc::channel(16_384);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let task = tokio::spawn(write_loop(rx, file, seq, prev, Arc::clone(&healthy)));
+        Ok(Arc::new(Self {
+            tx,
+            healthy,
+            fail_open,
+            replica: replica.to_string(),
+            path: path.to_path_buf(),
+            task: std::sync::Mutex::new(Some(task)),
+        }))
+    }
+
+    /// The log's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether calls may proceed: the log is writable, or the gateway fails open.
+    pub fn check(&self) -> Result<()> {
+        if self.healthy.load(Ordering::Relaxed) || self.fail_open { Ok(()) } else { Err(Error::Unavailable) }
+    }
+
+    fn send(&self, mut record: Value) -> Result<()> {
+        record["replica"] = json!(self.replica);
+        match self.tx.try_send(Msg::Record(record)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::error!(error = %e, "audit record dropped: the writer is behind or gone");
+                self.healthy.store(false, Ordering::Relaxed);
+                if self.fail_open { Ok(()) } else { Err(Error::Unavailable) }
+            }
+        }
+    }
+
+    /// Writes everything sent so far to disk.
+    pub async fn flush(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Msg::Flush(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// Flushes and stops the writer.
+    pub async fn close(&self) {
+        self.flush().await;
+        let task = self.task.lock().expect("audit lock").take();
+        if let Some(t) = task {
+            t.abort();
+        }
+    }
+
+    /// Records an authentication failure.
+    pub fn auth_failure(&self, rpc: &str, client: Client, reason: &str) {
+        let r = base("authentication_failure", rpc, &client, None);
+        let _ = self.send(with_outcome(r, "UNAUTHENTICATED", Some(reason), 0, 0, Duration::ZERO));
+    }
+
+    /// Starts the record of one call; fails when the log cannot be written (fail closed).
+    pub fn begin(self: &Arc<Self>, rpc: &str, client: Client, actor: &Principal) -> Result<AuditToken> {
+        self.check()?;
+        Ok(AuditToken {
+            log: Arc::clone(self),
+            record: Some(base("read", rpc, &client, Some(actor))),
+            started: Instant::now(),
+            rows: 0,
+            bytes: 0,
+        })
+    }
+}
+
+fn base(kind: &str, rpc: &str, client: &Client, actor: Option<&Principal>) -> Value {
+    json!({
+        "event_id": uuid::Uuid::new_v4().to_string(),
+        "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "kind": kind,
+        "rpc": rpc,
+        "client": client,
+        "actor": actor.map(|p| json!({
+            "sub": p.subject,
+            "iss": p.issuer,
+            "auth_method": p.method,
+            "roles": p.roles,
+            "purpose": p.purpose,
+        })),
+    })
+}
+
+fn with_outcome(mut r: Value, status: &str, message: Option<&str>, rows: u64, bytes: u64, took: Duration) -> Value {
+    r["outcome"] = json!({
+        "status": status,
+        "message": message,
+        "rows": rows,
+        "bytes": bytes,
+        "duration_ms": took.as_secs_f64() * 1000.0,
+    });
+    r
+}
+
+/// The record of one call, from start to outcome.
+#[derive(Debug)]
+pub struct AuditToken {
+    log: Arc<AuditLog>,
+    record: Option<Value>,
+    started: Instant,
+    rows: u64,
+    bytes: u64,
+}
+
+impl AuditToken {
+    fn set(&mut self, key: &str, value: Value) {
+        if let Some(r) = self.record.as_mut() {
+            r[key] = value;
+        }
+    }
+
+    /// Notes the request and ticket ids.
+    pub fn ids(&mut self, request_id: &str, ticket_id: Option<&str>) {
+        self.set("request_id", json!(request_id));
+        self.set("ticket_id", json!(ticket_id));
+    }
+
+    /// Notes what is read.
+    pub fn resource(&mut self, r: &Resource) {
+        self.set("resource", json!(r));
+    }
+
+    /// Notes the decision.
+    pub fn decision(&mut self, d: &Decision) {
+        if d.effect == "deny" {
+            self.set("kind", json!("denied"));
+        }
+        self.set("decision", json!(d));
+    }
+
+    /// Counts streamed data.
+    pub fn add(&mut self, rows: u64, bytes: u64) {
+        self.rows += rows;
+        self.bytes += bytes;
+    }
+
+    /// Finishes with success.
+    pub fn ok(mut self) -> Result<()> {
+        self.finish("OK", None)
+    }
+
+    /// Finishes with a failure.
+    pub fn fail(mut self, status: &tonic::Status) -> Result<()> {
+        let code = format!("{:?}", status.code());
+        self.finish(&code, Some(status.message()))
+    }
+
+    fn finish(&mut self, status: &str, message: Option<&str>) -> Result<()> {
+        match self.record.take() {
+            Some(r) => self.log.send(with_outcome(r, status, message, self.rows, self.bytes, self.started.elapsed())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for AuditToken {
+    fn drop(&mut self) {
+        let _ = self.finish("CANCELLED", Some("the call ended before its outcome was recorded"));
+    }
+}
+
+async fn write_loop(
+    mut rx: mpsc::Receiver<Msg>,
+    file: tokio::fs::File,
+    mut seq: u64,
+    mut prev: String,
+    healthy: Arc<AtomicBool>,
+) {
+    let mut out = tokio::io::BufWriter::new(file);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let result = tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(Msg::Record(mut r)) => {
+                    r["seq"] = json!(seq);
+                    r["prev_hash"] = json!(prev);
+                    let hash = chain::hash_of(&r);
+                    r["hash"] = json!(hash);
+                    let mut line = r.to_string();
+                    line.push('\n');
+                    let written = out.write_all(line.as_bytes()).await;
+                    if written.is_ok() {
+                        seq += 1;
+                        prev = hash;
+                    }
+                    written
+                }
+                Some(Msg::Flush(ack)) => {
+                    let flushed = out.flush().await;
+                    let _ = ack.send(());
+                    flushed
+                }
+                None => {
+                    let _ = out.flush().await;
+                    return;
+                }
+            },
+            _ = tick.tick() => out.flush().await,
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "writing the audit log failed; refusing requests");
+            healthy.store(false, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Federated computational governance: global and domain policies, masks, row filters.
+//!
+//! - [`policy`]: Cedar policies (global in `<mesh>/_governance/policies/`, per domain in
+//!   `<mesh>/<domain>/_policies/`) deciding `discover`, `read` and `read_unmasked`.
+//! - [`mask`]: typed mask strategies, selected per column classification.
+//! - [`table`]: the governed table and its guard, the one enforcement point for every read.
+//!
+//! Masks and row filters are data, in `<mesh>/_governance/governance.yaml` (global) and
+//! `<mesh>/<domain>/_governance.yaml` (domain):
+//!
+//! ```yaml
+//! masks: {pii: redact, confidential: "null"}     # classification -> strategy (global only)
+//! hash_salt_env: MESHGATE_MASK_SALT              # salt of the `hash` strategy (global only)
+//! row_filters:
+//!   - product: orders                            # `domain/product` in the global file
+//!     except_roles: [sales_admin, auditor]       # or `roles: [...]`: who the filter applies to
+//!     filter: "region = principal.region"        # SQL over the product's columns
+//! ```
+//!
+//! `principal.<attr>` in a filter is replaced, in the parsed syntax tree, by a literal of the
+//! caller's attribute (`subject`, `domain`, `purpose`, `clearance` or a mapped claim); a missing
+//! attribute becomes NULL, which keeps no rows. Decisions are cached per principal, product and
+//! policy version; a reload changes the version.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use datafusion::common::DFSchema;
+use datafusion::logical_expr::{Expr, col};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Value as SqlValue, visit_expressions_mut};
+use serde::Deserialize;
+
+pub mod mask;
+pub mod policy;
+pub mod table;
+
+pub use mask::MaskStrategy;
+pub use policy::{Action, Policies, ProductAttrs, Resource, Verdict};
+pub use table::{GovernedTable, OutputColumn, check_guarded};
+
+use crate::auth::Principal;
+use crate::catalog::{Port, Product};
+
+/// Result with the governance [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why governance could not load or decide.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A policy file is invalid.
+    #[error(transparent)]
+    Policy(#[from] policy::Error),
+    /// A governance file is invalid.
+    #[error("{file}: {message}")]
+    Config {
+        /// File relative to the mesh.
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A row filter does not fit its product.
+    #[error("row filter `{filter}` of `{product}` is invalid: {message}")]
+    RowFilter {
+        /// Product.
+        product: String,
+        /// The filter.
+        filter: String,
+        /// Why.
+        message: String,
+    },
+    /// Building the governed plan failed.
+    #[error("building the governed table failed: {0}")]
+    Plan(#[from] datafusion::error::DataFusionError),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GovernanceFile {
+    #[serde(default)]
+    masks: BTreeMap<String, MaskStrategy>,
+    #[serde(default)]
+    hash_salt_env: Option<String>,
+    #[serde(default)]
+    row_filters: Vec<RowFilterRule>,
+}
+
+/// A row filter and whom it applies to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowFilterRule {
+    /// Product (`name` in a domain file, `domain/name` in the global file).
+    pub product: String,
+    /// Applies only to principals with one of these roles (empty: everyone).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Does not apply to principals with one of these roles.
+    #[serde(default)]
+    pub except_roles: Vec<String>,
+    /// SQL boolean expression over the product's columns and `principal.<attr>`.
+    pub filter: String,
+}
+
+impl RowFilterRule {
+    fn applies(&self, p: &Principal) -> bool {
+        let has = |roles: &[String]| roles.iter().any(|r| p.roles.contains(r));
+        (self.roles.is_empty() || has(&self.roles)) && !has(&self.except_roles)
+    }
+}
+
+/// Everything in force at one time.
+#[derive(Debug)]
+struct Rules {
+    policies: Policies,
+    masks: BTreeMap<String, MaskStrategy>,
+    salt: String,
+    /// Row filters by `domain/product`.
+    row_filters: BTreeMap<String, Vec<RowFilterRule>>,
+}
+
+/// What one principal may do with one port.
+#[derive(Debug)]
+pub struct Access {
+    /// The read decision.
+    pub verdict: Verdict,
+    /// `(column, strategy)` for every masked column.
+    pub masks: Vec<(String, MaskStrategy)>,
+    /// Row filters applied.
+    pub row_filters: Vec<String>,
+    /// The product as the principal sees it (when allowed).
+    pub table: Option<Arc<GovernedTable>>,
+}
+
+/// The governance engine. Cheap to share.
+#[derive(Debug)]
+pub struct Governance {
+    mesh: PathBuf,
+    rules: ArcSwap<Rules>,
+    cache: moka::sync::Cache<String, Arc<Access>>,
+}
+
+fn read_file(path: &Path, rel: &str) -> Result<GovernanceFile> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => serde_yaml::from_str(&t).map_err(|e| Error::Config { file: rel.into(), message: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(GovernanceFile::default()),
+        Err(e) => Err(Error::Config { file: rel.into(), message: format!("cannot be read ({})", e.kind()) }),
+    }
+}
+
+fn load_rules(mesh: &Path) -> Result<Rules> {
+    let policies = Policies::load(mesh)?;
+    let global = read_file(&mesh.join("_governance/governance.yaml"), "_governance/governance.yaml")?;
+    let salt = match &global.hash_salt_env {
+        Some(var) => std::env::var(var).map_err(|_| Error::Config {
+            file: "_governance/governance.yaml".into(),
+            message: format!("hash_salt_env: variable {var} is not set"),
+        })?,
+        None => String::new(),
+    };
+    let mut row_filters: BTreeMap<String, Vec<RowFilterRule>> = BTreeMap::new();
+    for r in global.row_filters {
+        row_filters.entry(r.product.clone()).or_default().push(r);
+    }
+    for d in std::fs::read_dir(mesh).into_iter().flatten().flatten() {
+        let domain = d.file_name().to_string_lossy().into_owned();
+        if domain.starts_with(['_', '.']) || !d.path().is_dir() {
+            continue;
+        }
+        let rel = format!("{domain}/_governance.yaml");
+        let f = read_file(&d.path().join("_governance.yaml"), &rel)?;
+        if !f.masks.is_empty() || f.hash_salt_env.is_some() {
+            return Err(Error::Config {
+                file: rel,
+                message: "masks are set globally; a domain file holds only row_filters".into(),
+            });
+        }
+        for r in f.row_filters {
+            row_filters.entry(format!("{domain}/{}", r.product)).or_default().push(r);
+        }
+    }
+    Ok(Rules { policies, masks: global.masks, salt, row_filters })
+}
+
+/// Replaces `principal.<attr>` with the caller's attribute, in the syntax tree.
+fn bind_principal(expr: &mut SqlExpr, p: &Principal) {
+    let _ = visit_expressions_mut(expr, |e| {
+        if let SqlExpr::CompoundIdentifier(parts) = e {
+            if parts.len() == 2 && parts[0].value.eq_ignore_ascii_case("principal") {
+                let value = match parts[1].value.as_str() {
+                    "subject" => Some(p.subject.clone()),
+                    "domain" => p.domain.clone(),
+                    "purpose" => p.purpose.clone(),
+                    "clearance" => p.clearance.clone(),
+                    other => p.attributes.get(other).cloned(),
+                };
+                *e = SqlExpr::value(value.map_or(SqlValue::Null, SqlValue::SingleQuotedString));
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+impl Governance {
+    /// Loads policies and governance files of the mesh.
+    pub fn load(mesh: &Path) -> Result<Self> {
+        let rules = load_rules(mesh)?;
+        Ok(Self {
+            mesh: mesh.to_path_buf(),
+            rules: ArcSwap::from_pointee(rules),
+            cache: moka::sync::Cache::new(50_000),
+        })
+    }
+
+    /// Loads again; on error the rules in force stay, and the error is returned.
+    pub fn reload(&self) -> Result<String> {
+        let rules = load_rules(&self.mesh)?;
+        let version = rules.policies.version.clone();
+        self.rules.store(Arc::new(rules));
+        self.cache.invalidate_all();
+        Ok(version)
+    }
+
+    /// Version of the rules in force.
+    pub fn version(&self) -> String {
+        self.rules.load().policies.version.clone()
+    }
+
+    /// Policy attributes of a product.
+    pub fn attrs(product: &Product) -> ProductAttrs {
+        ProductAttrs {
+            domain: product.domain.clone(),
+            name: product.name.clone(),
+            owner: product.owner.clone().unwrap_or_default(),
+            sensitivity: product.sensitivity.clone(),
+            status: product.status.clone(),
+            tags: product.tags.clone(),
+        }
+    }
+
+    /// Whether `p` may learn that `product` exists.
+    pub fn may_discover(&self, p: &Principal, product: &Product) -> bool {
+        let attrs = Self::attrs(product);
+        self.rules
+            .load()
+            .policies
+            .decide(p, Action::Discover, &Resource::Product(&attrs))
+            .map(|v| v.allowed)
+            .unwrap_or(false)
+    }
+
+    /// Whether `p` may operate the gateway: `admin` on the product `_governance/gateway`.
+    pub fn may_admin(&self, p: &Principal) -> bool {
+        let attrs = ProductAttrs {
+            domain: "_governance".into(),
+            name: "gateway".into(),
+            sensitivity: "restricted".into(),
+            status: "active".into(),
+            ..Default::default()
+        };
+        self.rules
+            .load()
+            .policies
+            .decide(p, Action::Admin, &Resource::Product(&attrs))
+            .map(|v| v.allowed)
+            .unwrap_or(false)
+    }
+
+    /// Decides what `p` may read of `port`, building the governed table when allowed.
+    pub fn access(
+        &self,
+        ctx: &SessionContext,
+        p: &Principal,
+        product: &Product,
+        port: &Arc<Port>,
+        generation: u64,
+    ) -> Result<Arc<Access>> {
+        let rules = self.rules.load_full();
+        let key = format!(
+            "{}|{}|{}|{}|{}",
+            serde_json::to_string(p).unwrap_or_default(),
+            product.address(),
+            port.name,
+            generation,
+            rules.policies.version
+        );
+        if let Some(a) = self.cache.get(&key) {
+            return Ok(a);
+        }
+        let attrs = Self::attrs(product);
+        let verdict = rules.policies.decide(p, Action::Read, &Resource::Product(&attrs))?;
+        if !verdict.allowed {
+            let a = Arc::new(Access { verdict, masks: vec![], row_filters: vec![], table: None });
+            self.cache.insert(key, Arc::clone(&a));
+            return Ok(a);
+        }
+        let mut masks = Vec::new();
+        let mut columns = Vec::new();
+        for field in port.schema.fields() {
+            let classification = field.metadata().get("meshgate.classification").map(String::as_str).unwrap_or("");
+            let strategy = match rules.masks.get(classification) {
+                Some(s) if !classification.is_empty() => {
+                    let unmasked = rules.policies.decide(
+                        p,
+                        Action::ReadUnmasked,
+                        &Resource::Column(&attrs, field.name(), classification),
+                    )?;
+                    (!unmasked.allowed).then_some(*s)
+                }
+                _ => None,
+            };
+            let expr = match strategy {
+                None => Some(col(datafusion::common::Column::new_unqualified(field.name()))),
+                Some(s) => {
+                    masks.push((field.name().clone(), s));
+                    s.expr(field.name(), field.data_type(), &rules.salt)
+                }
+            };
+            if let Some(expr) = expr {
+                columns.push(OutputColumn { name: field.name().clone(), expr });
+            }
+        }
+        let mut applied = Vec::new();
+        let mut filter: Option<Expr> = None;
+        let contract = DFSchema::try_from(Arc::clone(&port.schema))?;
+        let state = ctx.state();
+        for rule in rules.row_filters.get(&product.address()).into_iter().flatten().filter(|r| r.applies(p)) {
+            let bad =
+                |message: String| Error::RowFilter { product: product.address(), filter: rule.filter.clone(), message };
+            let dialect = state.config().options().sql_parser.dialect;
+            let mut parsed = state.sql_to_expr_with_alias(&rule.filter, &dialect).map_err(|e| bad(e.to_string()))?;
+            bind_principal(&mut parsed.expr, p);
+            let expr = state.create_logical_expr_from_sql_expr(parsed, &contract).map_err(|e| bad(e.to_string()))?;
+            applied.push(rule.filter.clone());
+            filter = Some(match filter {
+                None => expr,
+                Some(f) => f.and(expr),
+            });
+        }
+        let table = GovernedTable::try_new(Arc::clone(&port.table), columns, filter, &port.schema)?;
+        let a = Arc::new(Access { verdict, masks, row_filters: applied, table: Some(Arc::new(table)) });
+        self.cache.insert(key, Arc::clone(&a));
+        Ok(a)
+    }
+}

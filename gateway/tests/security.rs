@@ -1,0 +1,423 @@
+//! Identity, governance and audit, tested from the attacker's side through a real FlightClient.
+
+mod common;
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow_flight::{Action, FlightClient, FlightDescriptor, Ticket};
+use base64::Engine;
+use common::{rows, status};
+use futures::TryStreamExt;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use meshgate::{Gateway, GatewayConfig};
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
+
+struct Secure {
+    gateway: Option<Gateway>,
+    dir: tempfile::TempDir,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+impl Secure {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh = dir.path().join("mesh");
+        meshgate::sample::write(&mesh, 0.02).unwrap();
+        let auth = meshgate::sample::write_dev_auth(&dir.path().join("auth")).unwrap();
+        let jwks = jsonwebtoken::jwk::JwkSet {
+            keys: vec![{
+                let key = EncodingKey::from_ec_pem(&std::fs::read(format!("{KEYS}/ec.pk8.key")).unwrap()).unwrap();
+                let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
+                jwk.common.key_id = Some("k1".into());
+                jwk
+            }],
+        };
+        std::fs::write(dir.path().join("auth/idp-jwks.json"), serde_json::to_string(&jwks).unwrap()).unwrap();
+        let extra = format!(
+            "issuers:\n\
+             - issuer: https://rsa.idp.test\n  audiences: [meshgate]\n  algorithms: [RS256]\n  pem_file: {KEYS}/rsa.pub.pem\n\
+             - issuer: https://ed.idp.test\n  audiences: [meshgate]\n  algorithms: [EdDSA]\n  pem_file: {KEYS}/ed.pub.pem\n\
+             - issuer: https://jwks.idp.test\n  audiences: [meshgate, other]\n  algorithms: [ES256]\n  jwks_file: idp-jwks.json\n  claims: {{roles: groups_of_user}}\n"
+        );
+        let mut text = std::fs::read_to_string(&auth).unwrap();
+        text.push_str(&extra);
+        std::fs::write(&auth, text).unwrap();
+        let mut config = GatewayConfig::for_mesh(&mesh);
+        config.insecure_no_auth = false;
+        config.auth = Some(auth);
+        config.audit_log = Some(dir.path().join("audit.jsonl"));
+        config.no_watch = true;
+        let gateway = Gateway::bind(config, Default::default()).await.unwrap();
+        Self { gateway: Some(gateway), dir }
+    }
+
+    fn gateway(&self) -> &Gateway {
+        self.gateway.as_ref().unwrap()
+    }
+
+    async fn client(&self, token: Option<&str>) -> FlightClient {
+        let channel =
+            Channel::from_shared(format!("http://{}", self.gateway().local_addr())).unwrap().connect().await.unwrap();
+        let mut c = FlightClient::new(channel);
+        if let Some(t) = token {
+            c.add_header("authorization", &format!("Bearer {t}")).unwrap();
+        }
+        c
+    }
+
+    /// A gateway token for a sample user, through Handshake with Basic credentials.
+    async fn login(&self, user: &str) -> String {
+        let mut c = self.client(None).await;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{user}-dev-password"));
+        c.add_header("authorization", &format!("Basic {basic}")).unwrap();
+        let payload = c.handshake(bytes::Bytes::new()).await.unwrap();
+        String::from_utf8(payload.to_vec()).unwrap()
+    }
+
+    async fn audit_log(&self) -> String {
+        self.gateway().audit().unwrap().flush().await;
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap()
+    }
+
+    /// Stops the gateway (flushing the audit log); returns the folder it used.
+    async fn stop(mut self) -> tempfile::TempDir {
+        self.gateway.take().unwrap().shutdown().await.unwrap();
+        self.dir
+    }
+}
+
+fn sign(alg: Algorithm, key_file: &str, claims: Value, kid: Option<&str>) -> String {
+    let bytes = std::fs::read(format!("{KEYS}/{key_file}")).unwrap();
+    let key = match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&bytes).unwrap(),
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&bytes).unwrap(),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&bytes).unwrap(),
+        _ => EncodingKey::from_secret(&bytes),
+    };
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_string);
+    encode(&header, &claims, &key).unwrap()
+}
+
+fn claims(iss: &str) -> Value {
+    json!({"iss": iss, "aud": "meshgate", "sub": "mallory", "exp": now() + 600, "nbf": now() - 5, "roles": ["analyst"]})
+}
+
+fn with(mut c: Value, key: &str, v: Value) -> Value {
+    if v.is_null() {
+        c.as_object_mut().unwrap().remove(key);
+    } else {
+        c[key] = v;
+    }
+    c
+}
+
+async fn read_all(c: &mut FlightClient, d: FlightDescriptor) -> Result<Vec<RecordBatch>, tonic::Status> {
+    let info = c.get_flight_info(d).await.map_err(status)?;
+    let mut out = vec![];
+    for e in info.endpoint {
+        let s = c.do_get(e.ticket.unwrap()).await.map_err(status)?;
+        out.extend(s.try_collect::<Vec<_>>().await.map_err(status)?);
+    }
+    Ok(out)
+}
+
+fn path(d: &str, p: &str) -> FlightDescriptor {
+    FlightDescriptor::new_path(vec![d.into(), p.into()])
+}
+
+fn query(q: Value) -> FlightDescriptor {
+    FlightDescriptor::new_cmd(q.to_string())
+}
+
+#[tokio::test]
+async fn without_valid_credentials_nothing_is_served_and_every_failure_is_audited() {
+    let s = Secure::start().await;
+    let mut anon = s.client(None).await;
+    assert_eq!(anon.list_flights("").await.err().map(status).unwrap().code(), Code::Unauthenticated);
+    assert_eq!(
+        anon.get_flight_info(path("sales", "orders")).await.err().map(status).unwrap().code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(anon.get_schema(path("sales", "orders")).await.err().map(status).unwrap().code(), Code::Unauthenticated);
+    assert_eq!(anon.do_get(Ticket::new("x")).await.err().map(status).unwrap().code(), Code::Unauthenticated);
+    assert_eq!(anon.list_actions().await.err().map(status).unwrap().code(), Code::Unauthenticated);
+    assert_eq!(
+        anon.do_action(Action::new("describe", "sales/orders")).await.err().map(status).unwrap().code(),
+        Code::Unauthenticated
+    );
+
+    let rsa_public = std::fs::read(format!("{KEYS}/rsa.pub.pem")).unwrap();
+    let none_token = {
+        let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&claims("https://rsa.idp.test")))
+    };
+    let good = sign(Algorithm::RS256, "rsa.key", claims("https://rsa.idp.test"), None);
+    let tampered = {
+        let (head, sig) = good.rsplit_once('.').unwrap();
+        let mut sig: Vec<char> = sig.chars().collect();
+        sig[10] = if sig[10] == 'A' { 'B' } else { 'A' };
+        format!("{head}.{}", sig.into_iter().collect::<String>())
+    };
+    let forged = [
+        ("garbage", "not-a-jwt".to_string()),
+        ("alg=none", none_token),
+        (
+            "HS256 with the RSA public key as secret",
+            encode(
+                &Header::new(Algorithm::HS256),
+                &claims("https://rsa.idp.test"),
+                &EncodingKey::from_secret(&rsa_public),
+            )
+            .unwrap(),
+        ),
+        ("untrusted issuer", sign(Algorithm::RS256, "rsa.key", claims("https://evil.test"), None)),
+        (
+            "wrong audience",
+            sign(Algorithm::RS256, "rsa.key", with(claims("https://rsa.idp.test"), "aud", json!("someone-else")), None),
+        ),
+        (
+            "expired",
+            sign(Algorithm::RS256, "rsa.key", with(claims("https://rsa.idp.test"), "exp", json!(now() - 120)), None),
+        ),
+        (
+            "nbf in the future",
+            sign(Algorithm::RS256, "rsa.key", with(claims("https://rsa.idp.test"), "nbf", json!(now() + 300)), None),
+        ),
+        (
+            "missing sub",
+            sign(Algorithm::RS256, "rsa.key", with(claims("https://rsa.idp.test"), "sub", Value::Null), None),
+        ),
+        ("unknown kid", sign(Algorithm::ES256, "ec.pk8.key", claims("https://jwks.idp.test"), Some("k2"))),
+        ("tampered signature", tampered),
+        ("signed by the wrong key", sign(Algorithm::EdDSA, "ed.key", claims("https://rsa.idp.test"), None)),
+    ];
+    for (what, token) in &forged {
+        let mut c = s.client(Some(token)).await;
+        let e = c.list_flights("").await.err().map(status).unwrap_or_else(|| panic!("{what}: accepted"));
+        assert_eq!(e.code(), Code::Unauthenticated, "{what}: {e}");
+        let e = c.get_flight_info(path("sales", "orders")).await.err().map(status).unwrap();
+        assert_eq!(e.code(), Code::Unauthenticated, "{what}");
+    }
+    let log = s.audit_log().await;
+    let failures = log.lines().filter(|l| l.contains("\"authentication_failure\"")).count();
+    assert_eq!(failures, 6 + 2 * forged.len());
+    for (_, token) in &forged {
+        assert!(!log.contains(token.as_str()), "a token reached the audit log");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_from_every_trusted_issuer_and_handshake_work() {
+    let s = Secure::start().await;
+    for token in [
+        sign(Algorithm::RS256, "rsa.key", claims("https://rsa.idp.test"), None),
+        sign(Algorithm::EdDSA, "ed.key", claims("https://ed.idp.test"), None),
+        sign(
+            Algorithm::ES256,
+            "ec.pk8.key",
+            with(with(claims("https://jwks.idp.test"), "roles", Value::Null), "groups_of_user", json!("analyst")),
+            Some("k1"),
+        ),
+        s.login("alice").await,
+    ] {
+        let mut c = s.client(Some(&token)).await;
+        let listed: Vec<_> = c.list_flights("").await.unwrap().try_collect().await.unwrap();
+        assert!(listed.len() >= 3, "{listed:?}");
+    }
+    let mut c = s.client(None).await;
+    c.add_header(
+        "authorization",
+        &format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("alice:wrong-password")),
+    )
+    .unwrap();
+    assert_eq!(c.handshake(bytes::Bytes::new()).await.err().map(status).unwrap().code(), Code::Unauthenticated);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_ticket_is_bound_to_its_principal() {
+    let s = Secure::start().await;
+    let (alice, bob) = (s.login("alice").await, s.login("bob").await);
+    let info = s.client(Some(&alice)).await.get_flight_info(path("logistics", "warehouses")).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let e = s.client(Some(&bob)).await.do_get(ticket.clone()).await.err().map(status).unwrap();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    let mut flipped = ticket.ticket.to_vec();
+    flipped[8] ^= 0x04;
+    let e = s.client(Some(&alice)).await.do_get(Ticket::new(flipped)).await.err().map(status).unwrap();
+    assert!(matches!(e.code(), Code::Unauthenticated | Code::InvalidArgument), "{e}");
+    let batches: Vec<RecordBatch> =
+        s.client(Some(&alice)).await.do_get(ticket).await.unwrap().try_collect().await.unwrap();
+    assert_eq!(rows(&batches), 24);
+    s.stop().await;
+}
+
+fn strings(batches: &[RecordBatch], column: &str) -> Vec<Option<String>> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let a = b.column_by_name(column).unwrap();
+            let a = arrow::compute::cast(a, &arrow::datatypes::DataType::Utf8).unwrap();
+            a.as_string::<i32>().iter().map(|v| v.map(str::to_string)).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn masked_columns_never_reveal_clear_values() {
+    let s = Secure::start().await;
+    let (alice, carol) = (s.login("alice").await, s.login("carol").await);
+    let clear = read_all(&mut s.client(Some(&carol)).await, path("customers", "profiles")).await.unwrap();
+    let emails = strings(&clear, "email");
+    assert!(emails[0].as_deref().unwrap().contains('@'), "a privacy officer sees clear values");
+    let mut a = s.client(Some(&alice)).await;
+    let masked = read_all(&mut a, path("customers", "profiles")).await.unwrap();
+    assert_eq!(rows(&masked), rows(&clear));
+    assert!(strings(&masked, "email").iter().all(|e| e.as_deref() == Some("***")));
+    assert!(strings(&masked, "full_name").iter().all(|e| e.as_deref() == Some("***")));
+    assert_eq!(masked[0].column_by_name("birth_date").unwrap().null_count(), masked[0].num_rows());
+    assert_eq!(
+        masked[0].schema().field_with_name("birth_date").unwrap().data_type(),
+        clear[0].schema().field_with_name("birth_date").unwrap().data_type(),
+        "masks keep the type"
+    );
+    let known = emails[0].clone().unwrap();
+    for filter in [
+        format!("email = '{known}'"),
+        "email LIKE '%@%'".into(),
+        "substr(email, 1, 1) = 'a'".into(),
+        "length(full_name) > 3".into(),
+    ] {
+        let got = read_all(&mut a, query(json!({"product": "customers/profiles", "filter": filter}))).await.unwrap();
+        assert_eq!(rows(&got), 0, "filter `{filter}` saw clear values");
+    }
+    let got = read_all(
+        &mut a,
+        query(json!({"product": "customers/profiles", "filter": "email = '***'", "columns": ["customer_id", "email"]})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows(&got), rows(&clear));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn row_filters_hold_with_limit_projection_and_caller_filters() {
+    let s = Secure::start().await;
+    let (alice, bob, carol) = (s.login("alice").await, s.login("bob").await, s.login("carol").await);
+    let all =
+        read_all(&mut s.client(Some(&carol)).await, query(json!({"product": "sales/orders", "columns": ["region"]})))
+            .await
+            .unwrap();
+    let emea = strings(&all, "region").iter().filter(|r| r.as_deref() == Some("EMEA")).count();
+    assert!(emea > 0 && emea < rows(&all));
+    let mut a = s.client(Some(&alice)).await;
+    let got = read_all(&mut a, path("sales", "orders")).await.unwrap();
+    assert_eq!(rows(&got), emea);
+    assert!(strings(&got, "region").iter().all(|r| r.as_deref() == Some("EMEA")));
+    for q in [
+        json!({"product": "sales/orders", "limit": 5}),
+        json!({"product": "sales/orders", "columns": ["order_id"], "limit": 100000}),
+        json!({"product": "sales/orders", "filter": "region <> 'EMEA'"}),
+        json!({"product": "sales/orders", "filter": "region = 'AMER' OR true"}),
+    ] {
+        let got = read_all(&mut a, query(q.clone())).await.unwrap();
+        assert!(rows(&got) <= emea, "{q}");
+        if got.first().and_then(|b| b.column_by_name("region")).is_some() {
+            assert!(strings(&got, "region").iter().all(|r| r.as_deref() == Some("EMEA")), "{q}");
+        }
+    }
+    // An expression that would fail on any hidden row runs only on visible rows.
+    let trap = json!({"product": "sales/orders", "filter": "CAST(CASE WHEN region <> 'EMEA' THEN 'boom' ELSE '1' END AS INT) = 1"});
+    assert_eq!(rows(&read_all(&mut a, query(trap)).await.unwrap()), emea);
+    let got = read_all(&mut s.client(Some(&bob)).await, path("sales", "orders")).await.unwrap();
+    assert!(strings(&got, "region").iter().all(|r| r.as_deref() == Some("AMER")));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn undiscoverable_products_look_exactly_like_missing_ones() {
+    let s = Secure::start().await;
+    let (alice, carol, pat) = (s.login("alice").await, s.login("carol").await, s.login("pat").await);
+    let mut a = s.client(Some(&alice)).await;
+    let hidden = a.get_flight_info(path("sales", "daily_revenue")).await.err().map(status).unwrap();
+    let missing = a.get_flight_info(path("sales", "daily_revenu")).await.err().map(status).unwrap();
+    assert_eq!(hidden.code(), Code::NotFound);
+    assert_eq!(hidden.message().replace("daily_revenue", "X"), missing.message().replace("daily_revenu", "X"));
+    assert!(!missing.message().contains("daily_revenue"), "the list of products leaks: {}", missing.message());
+    let listed: Vec<_> = a.list_flights("").await.unwrap().try_collect().await.unwrap();
+    assert!(listed.iter().all(|i| i.flight_descriptor.as_ref().unwrap().path[1] != "daily_revenue"));
+    let e = a.do_action(Action::new("describe", "sales/daily_revenue")).await.err().map(status).unwrap();
+    assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(
+        rows(&read_all(&mut s.client(Some(&carol)).await, path("sales", "daily_revenue")).await.unwrap()) > 0,
+        true
+    );
+    // A domain policy narrows: partners may discover sales/orders but not read it.
+    let e = s.client(Some(&pat)).await.get_flight_info(path("sales", "orders")).await.err().map(status).unwrap();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    // Only admins reload.
+    let e = a.do_action(Action::new("reload", "")).await.err().map(status).unwrap();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let log = s.audit_log().await;
+    assert!(
+        log.lines().any(|l| l.contains("\"denied\"") && l.contains("sales-partners-see-no-finance-products")),
+        "denials name the deciding policy"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_audit_chain_verifies_and_any_edit_breaks_it() {
+    let s = Secure::start().await;
+    let alice = s.login("alice").await;
+    let mut a = s.client(Some(&alice)).await;
+    let got = read_all(&mut a, path("customers", "profiles")).await.unwrap();
+    let _ = s.client(None).await.list_flights("").await;
+    let log = s.audit_log().await;
+    let read: Value = serde_json::from_str(log.lines().find(|l| l.contains("\"DoGet\"")).unwrap()).unwrap();
+    assert_eq!(read["outcome"]["status"], "OK");
+    assert_eq!(read["outcome"]["rows"], rows(&got) as u64);
+    assert_eq!(read["actor"]["sub"], "alice");
+    assert_eq!(read["resource"]["contract_version"], "1.0.0");
+    assert!(read["decision"]["masks"].as_array().unwrap().iter().any(|m| m == "email: redact"));
+    assert!(!log.contains("@example.com"), "an unmasked value reached the audit log");
+    let dir = s.stop().await;
+    let path = dir.path().join("audit.jsonl");
+    verify(&path, None);
+    let text = std::fs::read_to_string(&path).unwrap();
+    for (i, _) in text.lines().enumerate() {
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        lines[i] = lines[i].replacen("\"rpc\":\"", "\"rpc\":\"x", 1);
+        let edited = path.with_extension("edited");
+        std::fs::write(&edited, lines.join("\n") + "\n").unwrap();
+        verify(&edited, Some(i + 1));
+    }
+}
+
+fn verify(file: &Path, broken_at: Option<usize>) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["audit", "verify"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    match broken_at {
+        None => assert!(out.status.success(), "{text}"),
+        Some(line) => {
+            assert!(!out.status.success());
+            assert!(text.contains(&format!("broken at line {line}:")), "expected line {line}: {text}");
+        }
+    }
+}
