@@ -421,3 +421,22 @@ fn verify(file: &Path, broken_at: Option<usize>) {
         }
     }
 }
+
+#[tokio::test]
+async fn the_audit_log_is_a_product_only_auditors_see() {
+    let s = Secure::start().await;
+    let (alice, erin) = (s.login("alice").await, s.login("erin").await);
+    let _ = read_all(&mut s.client(Some(&alice)).await, path("logistics", "warehouses")).await.unwrap();
+    s.gateway().audit().unwrap().flush().await;
+    let mut a = s.client(Some(&alice)).await;
+    let e = a.get_flight_info(path("_governance", "audit")).await.err().map(status).unwrap();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    let mut auditor = s.client(Some(&erin)).await;
+    let got = read_all(&mut auditor, query(json!({"product": "_governance/audit", "filter": "rpc = 'DoGet'"})))
+        .await
+        .unwrap();
+    assert!(rows(&got) >= 1);
+    let actors = got[0].column_by_name("actor").unwrap().as_struct().column_by_name("sub").unwrap().clone();
+    assert_eq!(actors.as_string::<i32>().value(0), "alice");
+    s.stop().await;
+}

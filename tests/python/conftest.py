@@ -16,15 +16,21 @@ BIN = Path(os.environ.get("MESHGATE_BIN", REPO / "target" / "debug" / "meshgate"
 class Server:
     """A running gateway process and the address it bound."""
 
-    def __init__(self, mesh: Path, *args: str):
+    def __init__(self, mesh: Path | None, *args: str, cwd: Path | None = None, secure: bool = False):
+        """Serves `mesh` without authentication, or (`mesh=None`, `secure=True`) the sample mesh
+        the way `meshgate serve` does with no arguments: in `cwd`, authentication on."""
         self.mesh = mesh
-        if "--auth" not in args:
-            args = ("--insecure-no-auth", *args)
+        command = [str(BIN), "--log-format", "json", "serve", "--listen", "127.0.0.1:0"]
+        if mesh is not None:
+            command += ["--mesh", str(mesh)]
+        if not secure:
+            command.append("--insecure-no-auth")
         self.proc = subprocess.Popen(
-            [str(BIN), "--log-format", "json", "serve", "--mesh", str(mesh), "--listen", "127.0.0.1:0", *args],
+            [*command, *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            cwd=cwd,
         )
         self.log = []
         # The server logs a `listening` record once bound: wait for that line, not for a time.

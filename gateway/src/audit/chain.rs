@@ -7,7 +7,8 @@ use sha2::{Digest, Sha256};
 /// `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Hash of a record given as JSON; its `hash` field, if any, is left out.
+/// Hash of a record given as JSON; its `hash` field, if any, is left out. Records hold no
+/// floats, so parsing and re-encoding a line gives back the bytes that were hashed.
 pub fn hash_of(record: &Value) -> String {
     let mut r = record.clone();
     if let Some(m) = r.as_object_mut() {

@@ -32,6 +32,9 @@ pub use watch::CatalogWatcher;
 
 use load::Loader;
 
+/// The domain of the gateway's own products (`_governance/audit`).
+pub const RESERVED_DOMAIN: &str = "_governance";
+
 /// Result with the catalog's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -111,6 +114,7 @@ pub struct Catalog {
     reload_lock: tokio::sync::Mutex<()>,
     generation: tokio::sync::watch::Sender<u64>,
     governance: Option<Arc<Governance>>,
+    builtins: std::sync::Mutex<Vec<Arc<Product>>>,
 }
 
 impl Catalog {
@@ -141,6 +145,7 @@ impl Catalog {
             reload_lock: tokio::sync::Mutex::new(()),
             generation: tokio::sync::watch::Sender::new(0),
             governance,
+            builtins: std::sync::Mutex::new(Vec::new()),
         };
         catalog.reload().await?;
         Ok(catalog)
@@ -159,6 +164,18 @@ impl Catalog {
     /// The session state tables were opened with.
     pub fn session_state(&self) -> &SessionState {
         &self.loader.state
+    }
+
+    /// Adds a product served by the gateway itself (like `_governance/audit`); it stays in every
+    /// later snapshot.
+    pub fn add_builtin(&self, product: Product) {
+        let product = Arc::new(product);
+        self.builtins.lock().expect("catalog lock").push(Arc::clone(&product));
+        let old = self.snapshot();
+        let mut entries = old.entries.clone();
+        entries
+            .insert((product.domain.clone(), product.name.clone()), Entry { product: Some(product), problems: vec![] });
+        self.state.store(Arc::new(CatalogState { entries, generation: old.generation }));
     }
 
     /// The governance in force, when the catalog is governed.
@@ -201,6 +218,10 @@ impl Catalog {
                 }
             };
             entries.insert((domain, name), entry);
+        }
+        for b in self.builtins.lock().expect("catalog lock").iter() {
+            entries
+                .insert((b.domain.clone(), b.name.clone()), Entry { product: Some(Arc::clone(b)), problems: vec![] });
         }
         let generation = old.generation + 1;
         let report = ReloadReport {
@@ -262,7 +283,7 @@ impl CatalogState {
         visible: Visibility<'_>,
     ) -> Result<(Arc<Product>, Arc<Port>)> {
         for (what, v) in [("domain", Some(domain)), ("product", Some(product)), ("port", port)] {
-            if let Some(v) = v.filter(|v| !is_valid_name(v)) {
+            if let Some(v) = v.filter(|v| !is_valid_name(v) && *v != RESERVED_DOMAIN) {
                 return Err(Error::InvalidName { what, value: v.escape_default().to_string() });
             }
         }
