@@ -35,6 +35,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "MESHGATE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// PEM CA whose client certificates are accepted as identities (mTLS). Certificates from any
+    /// other CA are refused during the TLS handshake; clients without a certificate may still
+    /// authenticate with a bearer token.
+    #[arg(long, env = "MESHGATE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Allow plain TCP on a non-loopback address. Without TLS the gateway otherwise refuses to
     /// listen anywhere but loopback.
     #[arg(long, env = "MESHGATE_ALLOW_PLAINTEXT")]
@@ -90,6 +96,7 @@ impl GatewayConfig {
             ticket_ttl: Duration::from_secs(3600),
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
             allow_plaintext: false,
             shutdown_grace: Duration::from_secs(10),
             no_watch: false,

@@ -15,7 +15,7 @@ use meshgate_adapters::memory::MemoryAdapter;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::audit::AuditLog;
 use crate::auth::layer::{AuthLayer, AuthMode, FailureSink};
@@ -94,7 +94,12 @@ impl Gateway {
                 let read = |p: &std::path::Path, what: &str| {
                     std::fs::read(p).map_err(|e| Error::Config(format!("cannot read TLS {what} {}: {e}", p.display())))
                 };
-                Some(ServerTlsConfig::new().identity(Identity::from_pem(read(cert, "certificate")?, read(key, "key")?)))
+                let mut tls =
+                    ServerTlsConfig::new().identity(Identity::from_pem(read(cert, "certificate")?, read(key, "key")?));
+                if let Some(ca) = &config.tls_client_ca {
+                    tls = tls.client_ca_root(Certificate::from_pem(read(ca, "client CA")?)).client_auth_optional(true);
+                }
+                Some(tls)
             }
             (None, None) => None,
             _ => return Err(Error::Config("give both --tls-cert and --tls-key, or neither".into())),

@@ -23,3 +23,36 @@ def test_tls_serves_and_plaintext_is_refused(tmp_path, sample_mesh):
                 list(plain.list_flights())
     finally:
         server.stop()
+
+
+def test_client_certificates_are_identities(tmp_path, sample_mesh):
+    """mTLS: a certificate from the configured CA is an identity with mapped roles; one from
+    another CA is refused during the TLS handshake; no certificate and no token gets nothing."""
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    for d in (ours, theirs):
+        subprocess.run(["bash", str(REPO / "certs" / "make-dev-certs.sh"), str(d)], check=True, capture_output=True)
+    (tmp_path / "gateway.secret").write_text("x" * 48)
+    (tmp_path / "certs.yaml").write_text("identities:\n  alice: {roles: [analyst], attributes: {region: EMEA}}\n")
+    (tmp_path / "auth.yaml").write_text("gateway: {secret_file: gateway.secret}\nmtls_identities: certs.yaml\n")
+    server = Server(
+        sample_mesh, "--no-watch",
+        "--tls-cert", str(ours / "server.pem"), "--tls-key", str(ours / "server.key"),
+        "--tls-client-ca", str(ours / "ca.pem"),
+        "--auth", str(tmp_path / "auth.yaml"), "--audit-log", str(tmp_path / "audit.jsonl"),
+        secure=True,
+    )
+    try:
+        ca = (ours / "ca.pem").read_bytes()
+        url = f"grpc+tls://{server.addr}"
+        with flight.connect(url, tls_root_certs=ca, cert_chain=(ours / "client.pem").read_bytes(), private_key=(ours / "client.key").read_bytes()) as c:
+            info = c.get_flight_info(flight.FlightDescriptor.for_path("sales", "orders"))
+            orders = c.do_get(info.endpoints[0].ticket).read_all().to_pandas()
+            assert set(orders["region"]) == {"EMEA"}, "the certificate's mapped attributes drive the row filter"
+        with flight.connect(url, tls_root_certs=ca, cert_chain=(theirs / "client.pem").read_bytes(), private_key=(theirs / "client.key").read_bytes()) as c:
+            with pytest.raises(flight.FlightUnavailableError):
+                list(c.list_flights())
+        with flight.connect(url, tls_root_certs=ca) as c:
+            with pytest.raises(flight.FlightUnauthenticatedError):
+                list(c.list_flights())
+    finally:
+        server.stop()

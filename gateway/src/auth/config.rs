@@ -6,6 +6,7 @@
 //!   secret_file: gateway.secret # or secret_env: MESHGATE_TOKEN_SECRET
 //!   ttl: 1h
 //! users_file: users.yaml        # Basic credentials for Handshake (argon2 hashes)
+//! mtls_identities: certs.yaml   # roles of client-certificate subjects (--tls-client-ca)
 //! issuers:
 //!   - issuer: https://login.example.com
 //!     audiences: [meshgate]
@@ -40,6 +41,9 @@ pub struct AuthConfig {
     /// External identity providers whose tokens are accepted.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,
+    /// Roles of TLS client certificate subjects (with `--tls-client-ca`).
+    #[serde(default)]
+    pub mtls_identities: Option<PathBuf>,
 }
 
 fn default_leeway() -> u64 {
@@ -147,6 +151,7 @@ impl AuthConfig {
             }
         };
         rebase(&mut cfg.users_file);
+        rebase(&mut cfg.mtls_identities);
         rebase(&mut cfg.gateway.secret_file);
         for i in &mut cfg.issuers {
             rebase(&mut i.pem_file);

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::config::{AuthConfig, ClaimNames, IssuerConfig};
+use super::mtls::CertIdentities;
 use super::users::Users;
 use super::{AuthMethod, Error, Principal, Result};
 
@@ -95,6 +96,7 @@ pub struct Authenticator {
     cache: moka::sync::Cache<[u8; 32], Arc<Principal>>,
     tokens: GatewayTokens,
     users: Users,
+    certs: CertIdentities,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -227,7 +229,12 @@ impl Authenticator {
             Some(f) => Users::load(f)?,
             None => Users::default(),
         };
+        let certs = match &cfg.mtls_identities {
+            Some(f) => CertIdentities::load(f)?,
+            None => CertIdentities::default(),
+        };
         Ok(Self {
+            certs,
             issuers,
             leeway: cfg.leeway_seconds.min(30),
             cache: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(300)).build(),
@@ -239,6 +246,11 @@ impl Authenticator {
     /// The gateway's token signer.
     pub fn tokens(&self) -> &GatewayTokens {
         &self.tokens
+    }
+
+    /// The principal of a client certificate the TLS handshake verified (DER).
+    pub fn verify_certificate(&self, der: &[u8]) -> Result<Principal> {
+        self.certs.principal(der)
     }
 
     /// Checks Basic credentials against the users file.

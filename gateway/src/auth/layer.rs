@@ -4,7 +4,8 @@
 //! request's extensions, where handlers find it. Without valid credentials it answers
 //! `UNAUTHENTICATED` itself, so no handler (and no metadata) is reached. The one exception is
 //! `Handshake` carrying Basic credentials: the handshake handler checks those and answers with
-//! a gateway token.
+//! a gateway token. Without an `authorization` header, a client certificate verified by the TLS
+//! handshake (`--tls-client-ca`) is the identity.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -101,8 +102,17 @@ fn authenticate(mode: &AuthMode, parts: &http::request::Parts) -> Result<Option<
         AuthMode::Off => return Ok(Some(Principal::anonymous())),
         AuthMode::Required(a) => a,
     };
+    let certificate = parts
+        .extensions
+        .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
+        .and_then(|i| i.peer_certs())
+        .and_then(|certs| certs.first().map(|c| c.to_vec()));
     match credentials(&parts.headers)? {
         Credentials::Bearer(t) => Ok(Some(auth.verify_bearer(t)?.as_ref().clone())),
+        // A client certificate verified by the TLS handshake is an identity.
+        Credentials::None if certificate.is_some() => {
+            Ok(Some(auth.verify_certificate(&certificate.unwrap_or_default())?))
+        }
         // The handshake handler checks Basic credentials itself.
         Credentials::Basic(_) | Credentials::None if parts.uri.path() == HANDSHAKE_PATH => Ok(None),
         Credentials::Basic(_) => Err(Error::BadHeader),

@@ -18,6 +18,7 @@ use serde::Serialize;
 pub mod config;
 pub mod jwt;
 pub mod layer;
+pub mod mtls;
 pub mod users;
 
 pub use config::AuthConfig;
