@@ -266,11 +266,7 @@ async fn serve(mut config: GatewayConfig) -> Result<ExitCode, String> {
         }
     }
     let gateway = Gateway::bind(config, MemoryAdapter::default()).await.map_err(|e| e.to_string())?;
-    tracing::info!(
-        addr = %gateway.local_addr(),
-        "ready: in Python, `pyarrow.flight.connect(\"grpc://{}\").list_flights()`",
-        gateway.local_addr()
-    );
+    tracing::info!(addr = %gateway.local_addr(), "ready: connect with pyarrow.flight.connect(\"grpc://{}\") (README: reading from Python)", gateway.local_addr());
     gateway.run_until_signal().await.map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
 }
