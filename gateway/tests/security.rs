@@ -440,3 +440,36 @@ async fn the_audit_log_is_a_product_only_auditors_see() {
     assert_eq!(actors.as_string::<i32>().value(0), "alice");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn an_invalid_policy_is_refused_and_the_last_good_rules_stay() {
+    let s = Secure::start().await;
+    let (alice, olga) = (s.login("alice").await, s.login("olga").await);
+    let policies = s.dir.path().join("mesh/_governance/policies");
+    // Type error against the schema: products have no `salary` attribute.
+    std::fs::write(
+        policies.join("broken.cedar"),
+        "permit(principal, action == Action::\"read\", resource) when { resource.salary > 1 };",
+    )
+    .unwrap();
+    let report = {
+        let mut c = s.client(Some(&olga)).await;
+        let mut out: Vec<bytes::Bytes> =
+            c.do_action(Action::new("reload", "")).await.unwrap().try_collect().await.unwrap();
+        serde_json::from_slice::<Value>(&out.remove(0)).unwrap()
+    };
+    let problem = report["governance_problem"].as_str().unwrap();
+    assert!(problem.contains("broken.cedar"), "{problem}");
+    let mut a = s.client(Some(&alice)).await;
+    let masked = read_all(&mut a, path("customers", "profiles")).await.unwrap();
+    assert!(strings(&masked, "email").iter().all(|e| e.as_deref() == Some("***")), "the last good rules still mask");
+    // A domain may not widen access.
+    std::fs::remove_file(policies.join("broken.cedar")).unwrap();
+    std::fs::write(s.dir.path().join("mesh/sales/_policies/widen.cedar"), "permit(principal, action, resource);")
+        .unwrap();
+    let mut c = s.client(Some(&olga)).await;
+    let mut out: Vec<bytes::Bytes> = c.do_action(Action::new("reload", "")).await.unwrap().try_collect().await.unwrap();
+    let report: Value = serde_json::from_slice(&out.remove(0)).unwrap();
+    assert!(report["governance_problem"].as_str().unwrap().contains("may only narrow"), "{report}");
+    s.stop().await;
+}
