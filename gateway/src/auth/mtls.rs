@@ -20,39 +20,16 @@ use serde::Deserialize;
 use x509_cert::Certificate;
 use x509_cert::der::Decode;
 
+use super::users::User;
 use super::{AuthMethod, Error, Principal, Result};
-
-/// Roles and attributes of one certificate subject.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertIdentity {
-    /// Roles.
-    #[serde(default)]
-    pub roles: Vec<String>,
-    /// Groups.
-    #[serde(default)]
-    pub groups: Vec<String>,
-    /// Home domain.
-    #[serde(default)]
-    pub domain: Option<String>,
-    /// Purpose of use.
-    #[serde(default)]
-    pub purpose: Option<String>,
-    /// Clearance.
-    #[serde(default)]
-    pub clearance: Option<String>,
-    /// Further attributes.
-    #[serde(default)]
-    pub attributes: BTreeMap<String, String>,
-}
 
 /// The mapping file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertIdentities {
-    /// Identities by certificate subject (CN).
+    /// Identities by certificate subject (CN); any `password_hash` is ignored.
     #[serde(default)]
-    pub identities: BTreeMap<String, CertIdentity>,
+    pub identities: BTreeMap<String, User>,
 }
 
 impl CertIdentities {
@@ -75,17 +52,6 @@ impl CertIdentities {
             .ok_or_else(|| Error::MissingClaim("certificate CN".into()))?;
         let issuer = cn(&cert.tbs_certificate.issuer).unwrap_or_default();
         let id = self.identities.get(&subject).cloned().unwrap_or_default();
-        Ok(Principal {
-            subject,
-            issuer: format!("mtls:{issuer}"),
-            method: AuthMethod::Mtls,
-            roles: id.roles,
-            groups: id.groups,
-            domain: id.domain,
-            purpose: id.purpose,
-            clearance: id.clearance,
-            attributes: id.attributes,
-            expires_at: 0,
-        })
+        Ok(id.principal(&subject, &format!("mtls:{issuer}"), AuthMethod::Mtls))
     }
 }

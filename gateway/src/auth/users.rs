@@ -17,11 +17,13 @@ use serde::{Deserialize, Serialize};
 
 use super::{AuthMethod, Error, Principal, Result};
 
-/// One user.
+/// One user: a password (for Basic) and what the user is granted. The mTLS identities file uses
+/// the same shape without passwords.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
-    /// argon2 PHC string.
+    /// argon2 PHC string; empty for identities that never log in with a password.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub password_hash: String,
     /// Roles.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -41,6 +43,24 @@ pub struct User {
     /// Further attributes (e.g. `region`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, String>,
+}
+
+impl User {
+    /// The principal of this user under `subject`, vouched for by `issuer`.
+    pub fn principal(&self, subject: &str, issuer: &str, method: AuthMethod) -> Principal {
+        Principal {
+            subject: subject.to_string(),
+            issuer: issuer.to_string(),
+            method,
+            roles: self.roles.clone(),
+            groups: self.groups.clone(),
+            domain: self.domain.clone(),
+            purpose: self.purpose.clone(),
+            clearance: self.clearance.clone(),
+            attributes: self.attributes.clone(),
+            expires_at: 0,
+        }
+    }
 }
 
 /// The users file's content.
@@ -82,18 +102,7 @@ impl Users {
         let parsed = PasswordHash::new(hash).map_err(|_| Error::BadCredentials)?;
         let ok = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
         match (ok, user) {
-            (true, Some(u)) => Ok(Principal {
-                subject: name.to_string(),
-                issuer: issuer.to_string(),
-                method: AuthMethod::Bearer,
-                roles: u.roles.clone(),
-                groups: u.groups.clone(),
-                domain: u.domain.clone(),
-                purpose: u.purpose.clone(),
-                clearance: u.clearance.clone(),
-                attributes: u.attributes.clone(),
-                expires_at: 0,
-            }),
+            (true, Some(u)) => Ok(u.principal(name, issuer, AuthMethod::Bearer)),
             _ => Err(Error::BadCredentials),
         }
     }
