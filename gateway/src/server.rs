@@ -125,7 +125,7 @@ impl Gateway {
             }
         };
         let authenticator = match (&config.auth, config.insecure_no_auth) {
-            (Some(path), _) => Some(Arc::new(Authenticator::from_config(&AuthConfig::load(path)?)?)),
+            (Some(path), _) => Some(Arc::new(Authenticator::from_config(&AuthConfig::load(path)?).await?)),
             (None, true) if config.listen.ip().is_loopback() => {
                 tracing::warn!("authentication is OFF (--insecure-no-auth): every local caller reads everything");
                 None

@@ -473,3 +473,95 @@ async fn an_invalid_policy_is_refused_and_the_last_good_rules_stay() {
     assert!(report["governance_problem"].as_str().unwrap().contains("may only narrow"), "{report}");
     s.stop().await;
 }
+
+/// Serves `body` over HTTPS on 127.0.0.1:0 with the development server certificate, counting
+/// requests; returns the port and the counter.
+async fn https_jwks(certs: &Path, body: String) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(certs.join("server.pem")).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
+    let config =
+        tokio_rustls::rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&hits);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, body, counter) = (acceptor.clone(), body.clone(), std::sync::Arc::clone(&counter));
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, hits)
+}
+
+#[tokio::test]
+async fn jwks_over_https_with_a_rate_limited_refresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let made = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../certs/make-dev-certs.sh"))
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let key = EncodingKey::from_ec_pem(&std::fs::read(format!("{KEYS}/ec.pk8.key")).unwrap()).unwrap();
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
+    jwk.common.key_id = Some("https-k1".into());
+    let (port, hits) =
+        https_jwks(&certs, serde_json::to_string(&jsonwebtoken::jwk::JwkSet { keys: vec![jwk] }).unwrap()).await;
+    let mesh = dir.path().join("mesh");
+    meshgate::sample::write(&mesh, 0.02).unwrap();
+    std::fs::write(dir.path().join("gateway.secret"), "s".repeat(40)).unwrap();
+    std::fs::write(
+        dir.path().join("auth.yaml"),
+        format!(
+            "gateway: {{secret_file: gateway.secret}}\nissuers:\n  - issuer: https://idp.example\n    audiences: [meshgate]\n    algorithms: [ES256]\n    jwks_url: https://127.0.0.1:{port}/jwks.json\n    jwks_ca_file: certs/ca.pem\n"
+        ),
+    )
+    .unwrap();
+    let mut config = GatewayConfig::for_mesh(&mesh);
+    config.insecure_no_auth = false;
+    config.auth = Some(dir.path().join("auth.yaml"));
+    config.audit_log = Some(dir.path().join("audit.jsonl"));
+    config.no_watch = true;
+    let gateway = Gateway::bind(config, Default::default()).await.unwrap();
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1, "fetched once at start");
+    let s = Secure { gateway: Some(gateway), dir };
+    let good = sign(Algorithm::ES256, "ec.pk8.key", claims("https://idp.example"), Some("https-k1"));
+    let listed: Vec<_> = s.client(Some(&good)).await.list_flights("").await.unwrap().try_collect().await.unwrap();
+    assert!(!listed.is_empty());
+    for kid in ["forged-1", "forged-2", "forged-3"] {
+        let forged = sign(Algorithm::ES256, "ec.pk8.key", claims("https://idp.example"), Some(kid));
+        let e = s.client(Some(&forged)).await.list_flights("").await.err().map(status).unwrap();
+        assert_eq!(e.code(), Code::Unauthenticated);
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "unknown kids within the refresh interval cause no refetch"
+    );
+    s.stop().await;
+}

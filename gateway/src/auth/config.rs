@@ -11,7 +11,7 @@
 //!   - issuer: https://login.example.com
 //!     audiences: [meshgate]
 //!     algorithms: [RS256]
-//!     jwks_file: idp-jwks.json  # or pem_file: idp.pem, or secret_env: IDP_HS_SECRET
+//!     jwks_url: https://login.example.com/jwks.json  # or jwks_file, pem_file, secret_env
 //!     claims: {roles: groups, attributes: {region: sales_region}}
 //! ```
 //!
@@ -101,6 +101,13 @@ pub struct IssuerConfig {
     /// A JWKS document on disk; keys are selected by `kid`.
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
+    /// A JWKS document at an `https://` URL, fetched at start and again (at most every 30 s)
+    /// when a token names an unknown `kid`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// A PEM CA to trust (besides the system's) when fetching `jwks_url`.
+    #[serde(default)]
+    pub jwks_ca_file: Option<PathBuf>,
     /// How claims map to principal fields.
     #[serde(default)]
     pub claims: ClaimNames,
@@ -156,6 +163,7 @@ impl AuthConfig {
         for i in &mut cfg.issuers {
             rebase(&mut i.pem_file);
             rebase(&mut i.jwks_file);
+            rebase(&mut i.jwks_ca_file);
         }
         Ok(cfg)
     }

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -32,9 +32,42 @@ struct Key {
     algorithms: Vec<Algorithm>,
 }
 
+/// Where a JWKS document comes from.
+enum JwksSource {
+    File(PathBuf),
+    Url { url: String, client: reqwest::Client },
+}
+
+impl JwksSource {
+    fn name(&self) -> String {
+        match self {
+            JwksSource::File(f) => f.display().to_string(),
+            JwksSource::Url { url, .. } => url.clone(),
+        }
+    }
+
+    async fn read(&self, allowed: &[Algorithm]) -> Result<HashMap<String, Arc<Key>>> {
+        let fail = |e: String| Error::Config(format!("JWKS {}: {e}", self.name()));
+        let text = match self {
+            JwksSource::File(f) => tokio::fs::read_to_string(f).await.map_err(|e| fail(e.to_string()))?,
+            JwksSource::Url { url, client } => {
+                let response = client.get(url).send().await.map_err(|e| fail(e.to_string()))?;
+                let response = response.error_for_status().map_err(|e| fail(e.to_string()))?;
+                response.text().await.map_err(|e| fail(e.to_string()))?
+            }
+        };
+        parse_jwks(&text, allowed).map_err(|e| fail(e.to_string()))
+    }
+}
+
 enum Keys {
     Single(Arc<Key>),
-    Jwks { file: PathBuf, allowed: Vec<Algorithm>, keys: RwLock<HashMap<String, Arc<Key>>>, last_read: Mutex<Instant> },
+    Jwks {
+        source: JwksSource,
+        allowed: Vec<Algorithm>,
+        keys: moka::sync::Cache<String, Arc<Key>>,
+        last_read: Mutex<Instant>,
+    },
 }
 
 struct Issuer {
@@ -115,15 +148,12 @@ fn family_algorithms(key: &DecodingKey, allowed: &[Algorithm]) -> Vec<Algorithm>
     allowed.iter().copied().filter(|a| a.family() == key.family()).collect()
 }
 
-fn read_jwks(file: &PathBuf, allowed: &[Algorithm]) -> Result<HashMap<String, Arc<Key>>> {
-    let text =
-        std::fs::read_to_string(file).map_err(|e| Error::Config(format!("jwks_file {}: {e}", file.display())))?;
-    let set: JwkSet =
-        serde_json::from_str(&text).map_err(|e| Error::Config(format!("jwks_file {}: {e}", file.display())))?;
+fn parse_jwks(text: &str, allowed: &[Algorithm]) -> std::result::Result<HashMap<String, Arc<Key>>, serde_json::Error> {
+    let set: JwkSet = serde_json::from_str(text)?;
     let mut keys = HashMap::new();
     for jwk in &set.keys {
         let (Some(kid), Ok(decoding)) = (jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk)) else {
-            tracing::warn!(file = %file.display(), "skipping a JWKS key without kid or of an unsupported type");
+            tracing::warn!("skipping a JWKS key without kid or of an unsupported type");
             continue;
         };
         // The key's own `alg`, if it declares one, narrows the issuer's algorithms further.
@@ -138,13 +168,36 @@ fn read_jwks(file: &PathBuf, allowed: &[Algorithm]) -> Result<HashMap<String, Ar
     Ok(keys)
 }
 
+/// An HTTPS client for JWKS documents; `ca` adds a private root to the system's.
+fn https_client(ca: Option<&PathBuf>) -> Result<reqwest::Client> {
+    // rustls needs a process-wide crypto provider; ring is the one tonic's TLS uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder().https_only(true).timeout(Duration::from_secs(10));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).map_err(|e| Error::Config(format!("jwks_ca_file {}: {e}", ca.display())))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| Error::Config(format!("jwks_ca_file {}: {e}", ca.display())))?;
+        builder = builder.tls_certs_merge([cert]);
+    }
+    builder.build().map_err(|e| Error::Config(format!("HTTPS client: {e}")))
+}
+
 impl Issuer {
-    fn from_config(c: &IssuerConfig) -> Result<Self> {
+    async fn from_config(c: &IssuerConfig) -> Result<Self> {
         let fail = |m: String| Error::Config(format!("issuer {}: {m}", c.issuer));
         if c.audiences.is_empty() || c.algorithms.is_empty() {
             return Err(fail("give at least one audience and one algorithm".into()));
         }
-        let keys = match (&c.pem_file, &c.secret_env, &c.jwks_file) {
+        let jwks = match (&c.jwks_file, &c.jwks_url) {
+            (Some(f), None) => Some(JwksSource::File(f.clone())),
+            (None, Some(url)) if url.starts_with("https://") => {
+                Some(JwksSource::Url { url: url.clone(), client: https_client(c.jwks_ca_file.as_ref())? })
+            }
+            (None, Some(_)) => return Err(fail("jwks_url must be an https:// URL".into())),
+            (None, None) => None,
+            (Some(_), Some(_)) => return Err(fail("give jwks_file or jwks_url, not both".into())),
+        };
+        let keys = match (&c.pem_file, &c.secret_env, jwks) {
             (Some(pem), None, None) => {
                 let bytes = std::fs::read(pem).map_err(|e| fail(format!("pem_file {}: {e}", pem.display())))?;
                 let decoding = DecodingKey::from_rsa_pem(&bytes)
@@ -161,13 +214,19 @@ impl Issuer {
                 let decoding = DecodingKey::from_secret(secret.as_bytes());
                 Keys::Single(Arc::new(Key { algorithms: family_algorithms(&decoding, &c.algorithms), decoding }))
             }
-            (None, None, Some(file)) => Keys::Jwks {
-                keys: RwLock::new(read_jwks(file, &c.algorithms)?),
-                file: file.clone(),
+            (None, None, Some(source)) => Keys::Jwks {
+                keys: {
+                    let cache = moka::sync::Cache::new(1_000);
+                    for (kid, key) in source.read(&c.algorithms).await? {
+                        cache.insert(kid, key);
+                    }
+                    cache
+                },
+                source,
                 allowed: c.algorithms.clone(),
                 last_read: Mutex::new(Instant::now()),
             },
-            _ => return Err(fail("give exactly one of pem_file, secret_env, jwks_file".into())),
+            _ => return Err(fail("give exactly one of pem_file, secret_env, jwks_file, jwks_url".into())),
         };
         if let Keys::Single(k) = &keys {
             if k.algorithms.is_empty() {
@@ -177,13 +236,13 @@ impl Issuer {
         Ok(Self { audiences: c.audiences.clone(), claims: c.claims.clone(), keys })
     }
 
-    fn key(&self, kid: Option<&str>) -> Result<Arc<Key>> {
+    async fn key(&self, kid: Option<&str>) -> Result<Arc<Key>> {
         match &self.keys {
             Keys::Single(k) => Ok(Arc::clone(k)),
-            Keys::Jwks { file, allowed, keys, last_read } => {
+            Keys::Jwks { source, allowed, keys, last_read } => {
                 let kid = kid.ok_or(Error::UnknownKey)?;
-                if let Some(k) = keys.read().expect("jwks lock").get(kid) {
-                    return Ok(Arc::clone(k));
+                if let Some(k) = keys.get(kid) {
+                    return Ok(k);
                 }
                 // One refresh per interval, however many unknown kids arrive: a flood of forged
                 // kids cannot make the gateway hammer the key source.
@@ -194,11 +253,17 @@ impl Issuer {
                     }
                     *last = Instant::now();
                 }
-                match read_jwks(file, allowed) {
-                    Ok(fresh) => *keys.write().expect("jwks lock") = fresh,
+                match source.read(allowed).await {
+                    Ok(fresh) => {
+                        // Rotated-out keys go; the document is the truth.
+                        keys.invalidate_all();
+                        for (k, v) in fresh {
+                            keys.insert(k, v);
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "refreshing the JWKS failed; keeping the cached keys"),
                 }
-                keys.read().expect("jwks lock").get(kid).cloned().ok_or(Error::UnknownKey)
+                keys.get(kid).ok_or(Error::UnknownKey)
             }
         }
     }
@@ -206,7 +271,7 @@ impl Issuer {
 
 impl Authenticator {
     /// Builds the authenticator from configuration.
-    pub fn from_config(cfg: &AuthConfig) -> Result<Self> {
+    pub async fn from_config(cfg: &AuthConfig) -> Result<Self> {
         let secret = cfg.gateway_secret()?;
         let g = &cfg.gateway;
         let tokens = GatewayTokens::new(&secret, &g.issuer, &g.audience, g.ttl);
@@ -221,7 +286,7 @@ impl Authenticator {
         };
         issuers.insert(g.issuer.clone(), gateway);
         for c in &cfg.issuers {
-            if issuers.insert(c.issuer.clone(), Issuer::from_config(c)?).is_some() {
+            if issuers.insert(c.issuer.clone(), Issuer::from_config(c).await?).is_some() {
                 return Err(Error::Config(format!("issuer {} is configured twice", c.issuer)));
             }
         }
@@ -259,7 +324,7 @@ impl Authenticator {
     }
 
     /// Verifies a bearer token and returns its principal.
-    pub fn verify_bearer(&self, token: &str) -> Result<Arc<Principal>> {
+    pub async fn verify_bearer(&self, token: &str) -> Result<Arc<Principal>> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(p) = self.cache.get(&digest) {
             if p.expires_at > now_secs() {
@@ -274,7 +339,7 @@ impl Authenticator {
         // `iss` is read unverified only to pick the keys; the signature check below covers it.
         let iss = unverified.get("iss").and_then(Value::as_str).ok_or_else(|| Error::MissingClaim("iss".into()))?;
         let issuer = self.issuers.get(iss).ok_or(Error::UntrustedIssuer)?;
-        let key = issuer.key(header.kid.as_deref())?;
+        let key = issuer.key(header.kid.as_deref()).await?;
         let mut v = Validation::new(key.algorithms[0]);
         v.algorithms = key.algorithms.clone();
         v.set_issuer(&[iss]);

@@ -97,7 +97,7 @@ pub fn credentials(headers: &http::HeaderMap) -> Result<Credentials<'_>, Error> 
     }
 }
 
-fn authenticate(mode: &AuthMode, parts: &http::request::Parts) -> Result<Option<Principal>, Error> {
+async fn authenticate(mode: &AuthMode, parts: &http::request::Parts) -> Result<Option<Principal>, Error> {
     let auth = match mode {
         AuthMode::Off => return Ok(Some(Principal::anonymous())),
         AuthMode::Required(a) => a,
@@ -108,7 +108,7 @@ fn authenticate(mode: &AuthMode, parts: &http::request::Parts) -> Result<Option<
         .and_then(|i| i.peer_certs())
         .and_then(|certs| certs.first().map(|c| c.to_vec()));
     match credentials(&parts.headers)? {
-        Credentials::Bearer(t) => Ok(Some(auth.verify_bearer(t)?.as_ref().clone())),
+        Credentials::Bearer(t) => Ok(Some(auth.verify_bearer(t).await?.as_ref().clone())),
         // A client certificate verified by the TLS handshake is an identity.
         Credentials::None if certificate.is_some() => {
             Ok(Some(auth.verify_certificate(&certificate.unwrap_or_default())?))
@@ -139,23 +139,25 @@ where
         // The clone is ready-checked by `poll_ready` on `self.inner`; swap so the ready one runs.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let (mut parts, body) = req.into_parts();
-        match authenticate(&self.mode, &parts) {
-            Ok(principal) => {
-                if let Some(p) = principal {
-                    parts.extensions.insert(p);
+        let (mode, on_failure) = (self.mode.clone(), self.on_failure.clone());
+        Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            match authenticate(&mode, &parts).await {
+                Ok(principal) => {
+                    if let Some(p) = principal {
+                        parts.extensions.insert(p);
+                    }
+                    inner.call(http::Request::from_parts(parts, body)).await
                 }
-                Box::pin(inner.call(http::Request::from_parts(parts, body)))
-            }
-            Err(e) => {
-                tracing::info!(path = parts.uri.path(), error = %e, "authentication failed");
-                if let Some(sink) = &self.on_failure {
-                    sink(&parts, &e);
+                Err(e) => {
+                    tracing::info!(path = parts.uri.path(), error = %e, "authentication failed");
+                    if let Some(sink) = &on_failure {
+                        sink(&parts, &e);
+                    }
+                    Ok(tonic::Status::from(e).into_http::<RB>())
                 }
-                let response = tonic::Status::from(e).into_http::<RB>();
-                Box::pin(async move { Ok(response) })
             }
-        }
+        })
     }
 }
 
