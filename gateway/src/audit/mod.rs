@@ -177,6 +177,8 @@ impl AuditLog {
         let task = self.task.lock().expect("audit lock").take();
         if let Some(t) = task {
             t.abort();
+            // Wait until the writer is really gone, so later records fail instead of queueing.
+            let _ = t.await;
         }
     }
 
@@ -338,5 +340,45 @@ async fn write_loop(
             tracing::error!(error = %e, "writing the audit log failed; refusing requests");
             healthy.store(false, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fails_closed_when_records_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(&dir.path().join("a.jsonl"), false, "r0").await.unwrap();
+        let p = Principal::anonymous();
+        log.begin("DoGet", Client::default(), &p).unwrap().ok().unwrap();
+        log.flush().await;
+        // The writer is gone: the next record cannot be delivered, so that call fails and every
+        // later call is refused before it starts.
+        log.close().await;
+        let token = log.begin("DoGet", Client::default(), &p).unwrap();
+        assert!(matches!(token.ok(), Err(Error::Unavailable)));
+        assert!(matches!(log.begin("DoGet", Client::default(), &p), Err(Error::Unavailable)));
+        let text = std::fs::read_to_string(dir.path().join("a.jsonl")).unwrap();
+        assert_eq!(chain::verify(&text).unwrap().0, 1);
+    }
+
+    #[tokio::test]
+    async fn fail_open_keeps_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(&dir.path().join("a.jsonl"), true, "r0").await.unwrap();
+        log.close().await;
+        let p = Principal::anonymous();
+        log.begin("DoGet", Client::default(), &p).unwrap().ok().unwrap();
+        assert!(log.begin("DoGet", Client::default(), &p).is_ok());
+    }
+
+    #[tokio::test]
+    async fn refuses_to_append_to_a_broken_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        std::fs::write(&path, "{\"seq\":5}\n").unwrap();
+        assert!(matches!(AuditLog::open(&path, false, "r0").await, Err(Error::Broken { line: 1, .. })));
     }
 }
