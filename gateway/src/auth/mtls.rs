@@ -19,9 +19,22 @@ use std::path::Path;
 use serde::Deserialize;
 use x509_cert::Certificate;
 use x509_cert::der::Decode;
+use x509_cert::der::oid::AssociatedOid;
+use x509_cert::ext::pkix::SubjectAltName;
+use x509_cert::ext::pkix::name::GeneralName;
 
 use super::users::User;
 use super::{AuthMethod, Error, Principal, Result};
+
+/// The first DNS name of the certificate's subjectAltName extension.
+fn san_dns(cert: &Certificate) -> Option<String> {
+    let ext = cert.tbs_certificate.extensions.as_ref()?.iter().find(|e| e.extn_id == SubjectAltName::OID)?;
+    let san = SubjectAltName::from_der(ext.extn_value.as_bytes()).ok()?;
+    san.0.into_iter().find_map(|n| match n {
+        GeneralName::DnsName(d) => Some(d.to_string()),
+        _ => None,
+    })
+}
 
 /// The mapping file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -49,9 +62,60 @@ impl CertIdentities {
         };
         let subject = cn(&cert.tbs_certificate.subject)
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| Error::MissingClaim("certificate CN".into()))?;
+            .or_else(|| san_dns(&cert))
+            .ok_or_else(|| Error::MissingClaim("certificate CN or DNS subjectAltName".into()))?;
         let issuer = cn(&cert.tbs_certificate.issuer).unwrap_or_default();
         let id = self.identities.get(&subject).cloned().unwrap_or_default();
         Ok(id.principal(&subject, &format!("mtls:{issuer}"), AuthMethod::Mtls))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate made by openssl, as DER.
+    fn cert(subject: &str, san: &str) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, pem, der) = (dir.path().join("k"), dir.path().join("c.pem"), dir.path().join("c.der"));
+        let run = |args: &[&str]| {
+            assert!(std::process::Command::new("openssl").args(args).output().unwrap().status.success(), "{args:?}")
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            subject,
+            "-addext",
+            san,
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            pem.to_str().unwrap(),
+        ]);
+        run(&["x509", "-in", pem.to_str().unwrap(), "-outform", "DER", "-out", der.to_str().unwrap()]);
+        std::fs::read(der).unwrap()
+    }
+
+    #[test]
+    fn subject_from_cn_then_san() {
+        let ids: CertIdentities = serde_yaml::from_str("identities:\n  svc: {roles: [analyst]}\n").unwrap();
+        let p = ids.principal(&cert("/O=x/CN=svc", "subjectAltName=DNS:other")).unwrap();
+        assert_eq!(
+            (p.subject.as_str(), p.roles.as_slice(), p.method),
+            ("svc", &["analyst".to_string()][..], AuthMethod::Mtls)
+        );
+        let p = ids.principal(&cert("/O=x", "subjectAltName=DNS:svc")).unwrap();
+        assert_eq!(p.subject, "svc");
+        let p = ids.principal(&cert("/O=x/CN=nobody", "subjectAltName=DNS:n")).unwrap();
+        assert!(p.roles.is_empty(), "unmapped subjects get no roles");
+        assert!(ids.principal(b"not a certificate").is_err());
     }
 }
