@@ -24,6 +24,7 @@ use datafusion::datasource::file_format::csv::CsvFormat;
 use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
@@ -126,9 +127,12 @@ impl PartitionType {
 }
 
 impl FilesBinding {
-    fn format(&self) -> Result<Arc<dyn FileFormat>> {
+    /// The file format, starting from the session's table options so session-wide settings
+    /// (e.g. reading Parquet strings as `Utf8`, not `Utf8View`) apply to every product.
+    fn format(&self, state: &SessionState) -> Result<Arc<dyn FileFormat>> {
+        let options = state.default_table_options();
         Ok(match self.format {
-            FileFormatKind::Parquet => Arc::new(ParquetFormat::default()),
+            FileFormatKind::Parquet => Arc::new(ParquetFormat::default().with_options(options.parquet)),
             FileFormatKind::Csv => {
                 let o = self.csv.clone().unwrap_or_default();
                 if !o.delimiter.is_ascii() {
@@ -137,9 +141,14 @@ impl FilesBinding {
                         o.delimiter
                     )));
                 }
-                Arc::new(CsvFormat::default().with_has_header(o.has_header).with_delimiter(o.delimiter as u8))
+                Arc::new(
+                    CsvFormat::default()
+                        .with_options(options.csv)
+                        .with_has_header(o.has_header)
+                        .with_delimiter(o.delimiter as u8),
+                )
             }
-            FileFormatKind::Json => Arc::new(JsonFormat::default()),
+            FileFormatKind::Json => Arc::new(JsonFormat::default().with_options(options.json)),
             FileFormatKind::Arrow => Arc::new(ArrowFormat),
         })
     }
@@ -204,7 +213,7 @@ impl Adapter for FilesAdapter {
         };
         let url = resolve_location(&b.location, &ctx.product_dir)?;
         let extension = b.extension();
-        let mut options = ListingOptions::new(b.format()?).with_file_extension(extension.clone());
+        let mut options = ListingOptions::new(b.format(&ctx.state)?).with_file_extension(extension.clone());
         let table = FilesTable { inner: None, url: url.clone(), extension, location: b.location.clone() };
         table.check_present(&ctx.state).await?;
         let partitions = match &b.partition_columns {

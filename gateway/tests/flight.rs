@@ -47,6 +47,11 @@ async fn reads_a_product_whole_with_contract_metadata() {
 
     let orders = f.info(&["sales", "orders", "v1"]).await.unwrap();
     assert_eq!(orders.total_records, 4000, "Parquet footers give an exact count");
+    let announced = Schema::try_from(orders.clone()).unwrap();
+    for name in ["status", "region"] {
+        // Older Flight SQL/JDBC clients cannot read view types.
+        assert_eq!(announced.field_with_name(name).unwrap().data_type(), &arrow::datatypes::DataType::Utf8, "{name}");
+    }
     let batches = f.read(&orders).await.unwrap();
     assert_eq!(rows(&batches), 4000);
     let streamed = batches[0].schema();
