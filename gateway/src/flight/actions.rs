@@ -77,11 +77,11 @@ fn target(body: &[u8]) -> Result<(String, String, Option<String>)> {
 }
 
 fn describe(catalog: &Catalog, body: &[u8], visible: Visibility<'_>) -> Result<Value> {
-    let (domain, product, port) = target(body)?;
+    let (domain, name, port) = target(body)?;
     let snapshot = catalog.snapshot();
-    match snapshot.resolve_visible(&domain, &product, port.as_deref(), visible) {
+    match snapshot.resolve_visible(&domain, &name, port.as_deref(), visible) {
         Ok((p, port)) => {
-            let problems = snapshot.entries.get(&(domain, product)).map(|e| e.problems.clone()).unwrap_or_default();
+            let problems = snapshot.entries.get(&(domain, name)).map(|e| e.problems.clone()).unwrap_or_default();
             Ok(json!({
                 "product": product_json(&p),
                 "port": port.name,
@@ -92,8 +92,7 @@ fn describe(catalog: &Catalog, body: &[u8], visible: Visibility<'_>) -> Result<V
         }
         // A broken product is described with its problems, so its owners can see why.
         Err(catalog::Error::Unavailable { product, .. }) => {
-            let entry =
-                snapshot.entries.get(&(domain.clone(), product.split('/').nth(1).unwrap_or_default().to_string()));
+            let entry = snapshot.entries.get(&(domain.clone(), name));
             Ok(json!({
                 "product": {"address": product, "domain": domain},
                 "status": "unavailable",

@@ -107,29 +107,20 @@ impl MeshFlightService {
     }
 
     /// Whether `p` may learn that a product exists (everything, without governance).
-    fn visible(
-        gov: Option<&Arc<Governance>>,
-        p: &Principal,
-        domain: &str,
-        name: &str,
-        product: Option<&Product>,
-    ) -> bool {
+    fn visible(gov: Option<&Arc<Governance>>, p: &Principal, product: Option<&Product>) -> bool {
         match (gov, product) {
             (None, _) => true,
             (Some(g), Some(prod)) => g.may_discover(p, prod),
-            // A product that did not load has no attributes to decide on; it is shown to no one
-            // but through the operators' health view.
-            (Some(_), None) => {
-                let _ = (domain, name);
-                false
-            }
+            // A product that did not load has no attributes to decide on: under governance it is
+            // shown to no caller; operators see its problems in the log and the reload report.
+            (Some(_), None) => false,
         }
     }
 
     fn authorize(&self, p: &Principal, spec: &ReadSpec) -> Result<Read> {
         let snapshot = self.catalog.snapshot();
         let gov = self.catalog.governance();
-        let vis = |d: &str, n: &str, prod: Option<&Product>| Self::visible(gov, p, d, n, prod);
+        let vis = |_: &str, _: &str, prod: Option<&Product>| Self::visible(gov, p, prod);
         let (product, port) = snapshot.resolve_visible(&spec.domain, &spec.product, spec.port.as_deref(), &vis)?;
         let (table, access): (Arc<dyn TableProvider>, _) = match gov {
             None => (Arc::clone(&port.table), None),
@@ -245,7 +236,7 @@ impl MeshFlightService {
         let snapshot = self.catalog.snapshot();
         let gov = self.catalog.governance();
         let mut out = Vec::new();
-        for product in snapshot.products().filter(|x| Self::visible(gov, p, &x.domain, &x.name, Some(x))) {
+        for product in snapshot.products().filter(|x| Self::visible(gov, p, Some(x.as_ref()))) {
             let hit = match criteria.strip_prefix("tag:") {
                 Some(tag) => product.tags.iter().any(|t| t.to_lowercase() == tag.trim()),
                 None => [product.address(), product.title.clone(), product.description.clone()]
@@ -537,7 +528,7 @@ impl FlightService for MeshFlightService {
         let p = principal(&request)?;
         let action = request.into_inner();
         let gov = self.catalog.governance();
-        let vis = |d: &str, n: &str, prod: Option<&Product>| Self::visible(gov, &p, d, n, prod);
+        let vis = |_: &str, _: &str, prod: Option<&Product>| Self::visible(gov, &p, prod);
         let may_admin = gov.is_none_or(|g| g.may_admin(&p));
         let body = actions::run(&self.catalog, &action.r#type, &action.body, &vis, may_admin).await?;
         let result = arrow_flight::Result { body: body.into() };
