@@ -1,65 +1,74 @@
-"""Reads TPC-H lineitem over Flight from meshgate and from pyarrow's C++ Flight server.
+"""Reads TPC-H lineitem over Flight from meshgate and from pyarrow's C++ Flight server, in one run.
 
-Every server runs as its own process on 127.0.0.1 and is read by the same client code in this
-process, one stream at a time, several rounds; the table reports the median round. meshgate runs
-without authentication here: it costs one token check per call, not per batch.
+The data is what the tools write: `tpchgen-cli`'s Parquet file as it comes (its embedded Arrow
+schema has view types), and an Arrow IPC file of the same table in 65,536-row batches written by
+pyarrow from it (types kept). Every server runs as its own process on 127.0.0.1 and is read by the
+same pyarrow client code. meshgate runs without authentication here (`--insecure-no-auth`): what
+authentication costs is a per-call check, measured separately once the wire-speed work adds it.
+
+Printed per server: one stream (median of the rounds) as Mrows/s, messages per stream, time to
+first batch and bytes received; four concurrent streams; GetFlightInfo p50/p99 over 1,000 calls;
+the server's CPU-seconds per GB served (from /proc, over the one-stream rounds).
 """
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
 LOGICAL = {"int": "integer", "decimal": "number", "double": "number", "string": "string", "date32": "date"}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def prepare(scale: str, data: Path) -> Path:
-    """Generates lineitem and rewrites it with plain string columns (what meshgate serves)."""
-    out = data / f"sf{scale}" / "lineitem.parquet"
-    if out.exists():
-        return out
-    raw = data / f"sf{scale}-raw"
-    if not (raw / "lineitem.parquet").exists():
+def prepare(scale: str, data: Path) -> tuple[Path, Path]:
+    """`tpchgen-cli`'s lineitem Parquet file, unmodified, and an Arrow IPC file of the same table."""
+    out = data / f"sf{scale}"
+    parquet, ipc = out / "lineitem.parquet", out / "lineitem.arrow"
+    if not parquet.exists():
         tpchgen = Path(sys.executable).with_name("tpchgen-cli")
-        subprocess.run([str(tpchgen), "parquet", "-s", scale, "--tables=lineitem", f"--output-dir={raw}"], check=True)
-    table = pq.read_table(raw / "lineitem.parquet")
-    schema = pa.schema([pa.field(f.name, pa.string() if f.type == pa.string_view() else f.type, f.nullable) for f in table.schema])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table.cast(schema), out, row_group_size=122_880, compression="snappy")
-    return out
+        subprocess.run([str(tpchgen), "parquet", "-s", scale, "--tables=lineitem", f"--output-dir={out}"], check=True)
+    if not ipc.exists():
+        pf = pq.ParquetFile(parquet)
+        tmp = ipc.with_suffix(".tmp")
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, pf.schema_arrow) as writer:
+            for batch in pf.iter_batches(batch_size=65_536):
+                writer.write_batch(batch, max_chunksize=65_536)
+        tmp.rename(ipc)
+    return parquet, ipc
 
 
-def write_mesh(parquet: Path, mesh: Path):
-    d = mesh / "tpch" / "lineitem"
+def write_mesh(mesh: Path, name: str, location: Path, fmt: str):
+    d = mesh / "tpch" / name
     d.mkdir(parents=True)
     (d / "product.odps.yaml").write_text(
-        "apiVersion: v1.0.0\nkind: DataProduct\nid: tpch-lineitem\nstatus: active\n"
-        "outputPorts:\n  - name: v1\n    contractId: tpch-lineitem-v1\n"
+        f"apiVersion: v1.0.0\nkind: DataProduct\nid: tpch-{name}\nstatus: active\n"
+        f"outputPorts:\n  - name: v1\n    contractId: tpch-{name}-v1\n"
     )
     props = []
-    for f in pq.read_schema(parquet):
+    for f in pq.read_schema(location.with_suffix(".parquet")):
         kind = next(v for k, v in LOGICAL.items() if str(f.type).startswith(k))
         props.append(f"      - name: {f.name}\n        logicalType: {kind}\n")
     (d / "v1.odcs.yaml").write_text(
-        "apiVersion: v3.1.0\nkind: DataContract\nid: tpch-lineitem-v1\nversion: 1.0.0\nstatus: active\n"
+        f"apiVersion: v3.1.0\nkind: DataContract\nid: tpch-{name}-v1\nversion: 1.0.0\nstatus: active\n"
         "schema:\n  - name: lineitem\n    properties:\n" + "".join(props)
-        + f"customProperties:\n  - property: meshgate.binding\n    value: {{adapter: files, location: '{parquet}', format: parquet}}\n"
+        + f"customProperties:\n  - property: meshgate.binding\n    value: {{adapter: files, location: '{location}', format: {fmt}}}\n"
     )
 
 
 def start(cmd) -> tuple[subprocess.Popen, str]:
-    """Starts a server that prints its address as the first line of stdout (peer) or logs it."""
+    """Starts a server that prints its address (peer: `ADDR`, meshgate: a `listening` log record)."""
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stream = p.stderr if "--log-format" in cmd else p.stdout
     for line in stream:
@@ -77,21 +86,63 @@ def start(cmd) -> tuple[subprocess.Popen, str]:
     return p, addr
 
 
-def measure(addr: str, descriptor, rounds: int):
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def read_once(client, descriptor):
+    """One full read: (seconds, rows, messages, seconds to first batch, bytes received)."""
+    t0 = time.perf_counter()
+    info = client.get_flight_info(descriptor)
+    rows = messages = nbytes = 0
+    first = None
+    for e in info.endpoints:
+        for chunk in client.do_get(e.ticket):
+            if first is None:
+                first = time.perf_counter() - t0
+            rows += chunk.data.num_rows
+            nbytes += chunk.data.nbytes
+            messages += 1
+    return time.perf_counter() - t0, rows, messages, first, nbytes
+
+
+def measure(proc, addr: str, descriptor, rounds: int, table_bytes: int) -> dict:
     client = flight.connect(f"grpc://{addr}")
-    times, rows, nbytes = [], 0, 0
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        info = client.get_flight_info(descriptor)
-        for e in info.endpoints:
-            reader = client.do_get(e.ticket)
-            rows, nbytes = 0, 0
-            for chunk in reader:
-                rows += chunk.data.num_rows
-                nbytes += chunk.data.nbytes
-        times.append(time.perf_counter() - t0)
+    read_once(client, descriptor)  # warm the page cache and the server
+    cpu0 = cpu_seconds(proc.pid)
+    runs = [read_once(client, descriptor) for _ in range(rounds)]
+    cpu = cpu_seconds(proc.pid) - cpu0
+    secs, rows, messages, first, nbytes = sorted(runs)[len(runs) // 2]
+
+    def one_stream(_):
+        with flight.connect(f"grpc://{addr}") as c:
+            return read_once(c, descriptor)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        four = list(pool.map(one_stream, range(4)))
+    four_secs = time.perf_counter() - t0
+
+    latencies = []
+    for _ in range(1000):
+        t = time.perf_counter()
+        client.get_flight_info(descriptor)
+        latencies.append(time.perf_counter() - t)
+    latencies.sort()
     client.close()
-    return statistics.median(times), rows, nbytes
+    return {
+        "rows": rows,
+        "mrows": rows / secs / 1e6,
+        "messages": messages,
+        "first_ms": first * 1000,
+        "received_mb": nbytes / 1e6,
+        "four_mrows": sum(r[1] for r in four) / four_secs / 1e6,
+        "four_first_ms": max(r[3] for r in four) * 1000,
+        "p50_ms": latencies[500] * 1000,
+        "p99_ms": latencies[990] * 1000,
+        "cpu_per_gb": cpu / (rounds * table_bytes / 1e9),
+    }
 
 
 def main():
@@ -99,38 +150,40 @@ def main():
     ap.add_argument("--scale", default="1")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--meshgate", required=True)
+    ap.add_argument("--meshgate-arg", action="append", default=[], help="extra `meshgate serve` flag (repeatable)")
     args = ap.parse_args()
-    parquet = prepare(args.scale, HERE / "data")
+    parquet, ipc = prepare(args.scale, HERE / "data")
+    table_bytes = pq.read_table(parquet).nbytes
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         mesh = Path(tmp) / "mesh"
-        write_mesh(parquet, mesh)
+        write_mesh(mesh, "lineitem_ipc", ipc, "arrow")
+        write_mesh(mesh, "lineitem", parquet, "parquet")
+        meshgate = [args.meshgate, "--log-format", "json", "serve", "--insecure-no-auth", "--no-watch",
+                    "--mesh", str(mesh), "--listen", "127.0.0.1:0", *args.meshgate_arg]
+        peer = [sys.executable, str(HERE / "peer_server.py")]
         servers = [
-            ("meshgate (Parquet per request)", [args.meshgate, "--log-format", "json", "serve", "--insecure-no-auth", "--no-watch", "--mesh", str(mesh), "--listen", "127.0.0.1:0"],
-             flight.FlightDescriptor.for_path("tpch", "lineitem")),
-            ("pyarrow C++ Flight (Parquet per request)", [sys.executable, str(HERE / "peer_server.py"), str(parquet), "scan"],
-             flight.FlightDescriptor.for_path("lineitem")),
-            ("pyarrow C++ Flight (table in memory)", [sys.executable, str(HERE / "peer_server.py"), str(parquet), "memory"],
-             flight.FlightDescriptor.for_path("lineitem")),
+            ("pyarrow C++ Flight, IPC file memory-mapped", [*peer, str(ipc), "mmap"], flight.FlightDescriptor.for_path("lineitem")),
+            ("meshgate, IPC product", meshgate, flight.FlightDescriptor.for_path("tpch", "lineitem_ipc")),
+            ("pyarrow C++ Flight, Parquet per request", [*peer, str(parquet), "scan"], flight.FlightDescriptor.for_path("lineitem")),
+            ("meshgate, Parquet product", meshgate, flight.FlightDescriptor.for_path("tpch", "lineitem")),
         ]
         for name, cmd, descriptor in servers:
             proc, addr = start(cmd)
             try:
-                measure(addr, descriptor, 1)  # warm the page cache and the server
-                secs, rows, nbytes = measure(addr, descriptor, args.rounds)
+                results.append((name, measure(proc, addr, descriptor, args.rounds, table_bytes)))
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
-            results.append((name, secs, rows, nbytes))
-    base = results[0][1]
-    # MB/s is the table's Arrow size (read once from the Parquet file) over the time, so the
-    # column compares like with like; "received" is what the client's batches reference.
-    logical = pq.read_table(parquet).nbytes
-    print(f"\nTPC-H lineitem, scale {args.scale} ({logical / 1e6:.0f} MB in Arrow): median of {args.rounds} full reads, one stream, pyarrow.flight client\n")
-    print("| server | rows | seconds | Mrows/s | MB/s | received MB | meshgate time / this |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, secs, rows, nbytes in results:
-        print(f"| {name} | {rows:,} | {secs:.2f} | {rows / secs / 1e6:.2f} | {logical / secs / 1e6:.0f} | {nbytes / 1e6:.0f} | {base / secs:.2f} |")
+    peer_rows = results[0][1]["mrows"]
+    print(f"\nTPC-H lineitem, scale {args.scale}: {results[0][1]['rows']:,} rows, {table_bytes / 1e6:.0f} MB as Arrow; "
+          f"pyarrow.flight client; one stream = median of {args.rounds} reads\n")
+    print("| server | 1 stream Mrows/s | vs C++ IPC | messages | first batch ms | received MB | 4 streams Mrows/s | 4 streams first batch ms | GetFlightInfo p50 ms | p99 ms | server CPU s/GB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in results:
+        print(f"| {name} | {r['mrows']:.2f} | {r['mrows'] / peer_rows:.2f} | {r['messages']:,} | {r['first_ms']:.0f} | "
+              f"{r['received_mb']:.0f} | {r['four_mrows']:.2f} | {r['four_first_ms']:.0f} | {r['p50_ms']:.2f} | "
+              f"{r['p99_ms']:.2f} | {r['cpu_per_gb']:.2f} |")
 
 
 if __name__ == "__main__":

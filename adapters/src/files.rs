@@ -26,7 +26,10 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{CastExpr, Column};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::projection::ProjectionExec;
 use futures::StreamExt;
 use serde::Deserialize;
 
@@ -214,7 +217,8 @@ impl Adapter for FilesAdapter {
         let url = resolve_location(&b.location, &ctx.product_dir)?;
         let extension = b.extension();
         let mut options = ListingOptions::new(b.format(&ctx.state)?).with_file_extension(extension.clone());
-        let table = FilesTable { inner: None, url: url.clone(), extension, location: b.location.clone() };
+        let table =
+            FilesTable { inner: None, url: url.clone(), extension, location: b.location.clone(), cast_to: None };
         table.check_present(&ctx.state).await?;
         let partitions = match &b.partition_columns {
             Some(cols) => cols.iter().map(|c| (c.name.clone(), c.kind.data_type())).collect(),
@@ -226,9 +230,19 @@ impl Adapter for FilesAdapter {
                 .collect::<Vec<_>>(),
         };
         options = options.with_table_partition_cols(partitions);
-        let config = ListingTableConfig::new(url).with_listing_options(options).infer_schema(&ctx.state).await?;
+        let mut config = ListingTableConfig::new(url).with_listing_options(options).infer_schema(&ctx.state).await?;
+        // The IPC reader hands out the file's types as they are: those are cast above the scan.
+        // The other readers produce declared types themselves (Parquet decodes straight into
+        // them), with filters still pushed into the scan.
+        let cast_above = b.format == FileFormatKind::Arrow;
+        if let Some(served) = config.file_schema.as_deref().and_then(|s| ctx.string_types.apply(s))
+            && !cast_above
+        {
+            config = config.with_schema(served);
+        }
         let inner = ListingTable::try_new(config)?;
-        Ok(Arc::new(FilesTable { inner: Some(inner), ..table }))
+        let cast_to = if cast_above { ctx.string_types.apply(&inner.schema()) } else { None };
+        Ok(Arc::new(FilesTable { inner: Some(inner), cast_to, ..table }))
     }
 
     async fn health(&self, table: &Arc<dyn TableProvider>, ctx: &OpenContext) -> Health {
@@ -250,6 +264,8 @@ pub struct FilesTable {
     url: ListingTableUrl,
     extension: String,
     location: String,
+    /// The served schema, when the reader yields other (view) types that are cast above it.
+    cast_to: Option<SchemaRef>,
 }
 
 impl FilesTable {
@@ -281,7 +297,7 @@ impl FilesTable {
 #[async_trait]
 impl TableProvider for FilesTable {
     fn schema(&self) -> SchemaRef {
-        self.inner().schema()
+        self.cast_to.clone().unwrap_or_else(|| self.inner().schema())
     }
 
     fn table_type(&self) -> TableType {
@@ -296,19 +312,67 @@ impl TableProvider for FilesTable {
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         self.check_present(state).await.map_err(Error::into_datafusion)?;
-        self.inner().scan(state, projection, filters, limit).await
+        let plan = self.inner().scan(state, projection, filters, limit).await?;
+        match &self.cast_to {
+            None => Ok(plan),
+            Some(served) => cast_plan(plan, served, projection),
+        }
     }
 
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
     ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
-        self.inner().supports_filters_pushdown(filters)
+        let Some(served) = &self.cast_to else {
+            return self.inner().supports_filters_pushdown(filters);
+        };
+        // A filter typed against the served schema cannot run on a column still of the file's
+        // type: those stay above the cast.
+        let stored = self.inner().schema();
+        let changed = |e: &Expr| {
+            e.column_refs().iter().any(|c| {
+                served.field_with_name(&c.name).map(|f| f.data_type()).ok()
+                    != stored.field_with_name(&c.name).map(|f| f.data_type()).ok()
+            })
+        };
+        let delegated = self.inner().supports_filters_pushdown(filters)?;
+        Ok(filters
+            .iter()
+            .zip(delegated)
+            .map(|(f, d)| if changed(f) { TableProviderFilterPushDown::Unsupported } else { d })
+            .collect())
     }
 
     fn statistics(&self) -> Option<Statistics> {
         self.inner().statistics()
     }
+}
+
+/// `plan` with every column whose type differs from `served` (indexed through `projection`)
+/// cast to the served type.
+fn cast_plan(
+    plan: Arc<dyn ExecutionPlan>,
+    served: &SchemaRef,
+    projection: Option<&Vec<usize>>,
+) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    let input = plan.schema();
+    let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::with_capacity(input.fields().len());
+    let mut differs = false;
+    for (i, field) in input.fields().iter().enumerate() {
+        let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new(field.name(), i));
+        let target = projection.map_or(i, |p| p[i]);
+        let want = served.field(target).data_type();
+        if want == field.data_type() {
+            exprs.push((column, field.name().clone()));
+        } else {
+            differs = true;
+            exprs.push((Arc::new(CastExpr::new(column, want.clone(), None)), field.name().clone()));
+        }
+    }
+    if !differs {
+        return Ok(plan);
+    }
+    Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
 
 #[cfg(test)]

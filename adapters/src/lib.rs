@@ -19,6 +19,7 @@ use std::fmt::Debug;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arrow::datatypes::{DataType, FieldRef, Fields, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::TableProvider;
 use datafusion::execution::session_state::SessionState;
@@ -41,6 +42,102 @@ pub struct OpenContext {
     pub product_dir: PathBuf,
     /// Session whose runtime (object stores, caches) the table is read with.
     pub state: SessionState,
+    /// How string and binary columns are typed in the table's schema.
+    pub string_types: StringTypes,
+}
+
+impl OpenContext {
+    /// The context for a product in `product_dir`, read with `state`.
+    pub fn new(product_dir: PathBuf, state: SessionState) -> Self {
+        let string_types = StringTypes::of_session(&state);
+        Self { product_dir, state, string_types }
+    }
+}
+
+/// How string and binary columns are typed for clients, whatever the storage holds.
+///
+/// Files written by Arrow-native tools often carry `Utf8View`/`BinaryView` columns (a Parquet
+/// file embeds its writer's Arrow schema; an IPC file stores it). Many clients cannot read view
+/// types (older JDBC and SQLAlchemy drivers), and a slice of a view array drags its whole shared
+/// data buffers onto the wire, so by default every adapter announces and streams the classic
+/// types.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StringTypes {
+    /// `Utf8` and `Binary` (and the classic forms inside lists, structs and maps).
+    #[default]
+    Classic,
+    /// Whatever the storage yields, view types included.
+    AsStored,
+}
+
+impl StringTypes {
+    /// The setting a session was configured with: DataFusion's one switch for view types,
+    /// `datafusion.execution.parquet.schema_force_view_types`, decides for every format.
+    pub fn of_session(state: &SessionState) -> Self {
+        if state.config().options().execution.parquet.schema_force_view_types {
+            StringTypes::AsStored
+        } else {
+            StringTypes::Classic
+        }
+    }
+
+    /// `schema` with its columns typed as this setting says; `None` when nothing changes.
+    pub fn apply(self, schema: &Schema) -> Option<SchemaRef> {
+        if self == StringTypes::AsStored {
+            return None;
+        }
+        let fields: Vec<FieldRef> = schema.fields().iter().map(classic_field).collect();
+        if fields.iter().zip(schema.fields()).all(|(a, b)| a == b) {
+            return None;
+        }
+        Some(Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())))
+    }
+}
+
+fn classic_field(f: &FieldRef) -> FieldRef {
+    let t = classic_type(f.data_type());
+    if &t == f.data_type() { Arc::clone(f) } else { Arc::new(f.as_ref().clone().with_data_type(t)) }
+}
+
+/// `t` with view types replaced by their classic equivalents, at any depth.
+pub fn classic_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        DataType::ListView(f) | DataType::List(f) => DataType::List(classic_field(f)),
+        DataType::LargeListView(f) | DataType::LargeList(f) => DataType::LargeList(classic_field(f)),
+        DataType::FixedSizeList(f, n) => DataType::FixedSizeList(classic_field(f), *n),
+        DataType::Struct(fs) => DataType::Struct(fs.iter().map(classic_field).collect::<Fields>()),
+        DataType::Map(f, sorted) => DataType::Map(classic_field(f), *sorted),
+        DataType::Dictionary(k, v) => DataType::Dictionary(k.clone(), Box::new(classic_type(v))),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod string_type_tests {
+    use arrow::datatypes::Field;
+
+    use super::*;
+
+    #[test]
+    fn view_types_become_classic_at_any_depth() {
+        let item = Arc::new(Field::new("item", DataType::Utf8View, true));
+        let schema = Schema::new(vec![
+            Field::new("a", DataType::Utf8View, false),
+            Field::new("b", DataType::BinaryView, true),
+            Field::new("c", DataType::List(item), true),
+            Field::new("d", DataType::Int64, false),
+        ]);
+        let out = StringTypes::Classic.apply(&schema).unwrap();
+        assert_eq!(out.field(0), &Field::new("a", DataType::Utf8, false));
+        assert_eq!(out.field(1).data_type(), &DataType::Binary);
+        assert_eq!(out.field(2).data_type(), &DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))));
+        assert_eq!(out.field(3).data_type(), &DataType::Int64);
+        assert!(StringTypes::AsStored.apply(&schema).is_none());
+        assert!(StringTypes::Classic.apply(&out).is_none(), "nothing to change");
+    }
 }
 
 /// Whether a product's storage can currently be read.

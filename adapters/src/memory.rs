@@ -46,20 +46,46 @@ impl Adapter for MemoryAdapter {
         "memory"
     }
 
-    async fn open(&self, binding: &Binding, _ctx: &OpenContext) -> Result<Arc<dyn TableProvider>> {
+    async fn open(&self, binding: &Binding, ctx: &OpenContext) -> Result<Arc<dyn TableProvider>> {
         let Binding::Memory(b) = binding else {
             return Err(Error::InvalidBinding(format!("memory adapter given a {} binding", binding.kind())));
         };
-        let sets = self.datasets.read().expect("memory adapter lock poisoned");
-        match sets.get(&b.dataset) {
-            Some(t) => Ok(Arc::clone(t) as Arc<dyn TableProvider>),
-            None => Err(Error::Unavailable(format!("no in-memory dataset named `{}` is registered", b.dataset))),
+        let table = self.datasets.read().expect("memory adapter lock poisoned").get(&b.dataset).cloned();
+        let Some(table) = table else {
+            return Err(Error::Unavailable(format!("no in-memory dataset named `{}` is registered", b.dataset)));
+        };
+        match ctx.string_types.apply(&table.schema()) {
+            None => Ok(table as Arc<dyn TableProvider>),
+            Some(served) => {
+                // Datasets are small and registered once: cast a copy when opened.
+                let mut parts = Vec::new();
+                for partition in &table.batches {
+                    let mut batches = Vec::new();
+                    for b in partition.read().await.iter() {
+                        batches.push(cast_batch(b, &served)?);
+                    }
+                    parts.push(batches);
+                }
+                Ok(Arc::new(MemTable::try_new(served, parts)?))
+            }
         }
     }
 
     async fn health(&self, _table: &Arc<dyn TableProvider>, _ctx: &OpenContext) -> Health {
         Health::Ok
     }
+}
+
+/// `batch` with its columns cast to `schema`'s types.
+fn cast_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::InvalidBinding(format!("cannot serve the dataset with classic string types: {e}")))?;
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| Error::InvalidBinding(e.to_string()))?)
 }
 
 #[cfg(test)]
@@ -75,7 +101,7 @@ mod tests {
         let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
         let a = MemoryAdapter::default();
         a.register("t", Arc::clone(&schema), vec![batch]).unwrap();
-        let ctx = OpenContext { product_dir: "/".into(), state: SessionContext::new().state() };
+        let ctx = OpenContext::new("/".into(), SessionContext::new().state());
         let t = a.open(&Binding::Memory(MemoryBinding { dataset: "t".into() }), &ctx).await.unwrap();
         assert_eq!(t.schema(), schema);
         let missing = a.open(&Binding::Memory(MemoryBinding { dataset: "u".into() }), &ctx).await;

@@ -76,9 +76,22 @@ pub struct GatewayConfig {
     #[arg(long, env = "MESHGATE_REPLICA", default_value = "meshgate-0")]
     pub replica: String,
 
-    /// Rows per record batch read from storage.
-    #[arg(long, env = "MESHGATE_BATCH_SIZE", default_value_t = 8192)]
+    /// Rows per record batch read from storage (Parquet, CSV, JSON; Arrow IPC files keep the
+    /// batches they were written with).
+    #[arg(long, env = "MESHGATE_BATCH_SIZE", default_value_t = DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
+
+    /// Largest Arrow payload of one streamed message, in bytes (suffixes KiB, MiB). Batches are
+    /// cut by the bytes their rows occupy. Clients built on tonic refuse messages over 4 MiB
+    /// unless configured otherwise.
+    #[arg(long, env = "MESHGATE_MAX_MESSAGE_SIZE", default_value = "2MiB", value_parser = parse_size)]
+    pub max_message_size: usize,
+
+    /// Serve string and binary columns as the storage holds them, view types (`Utf8View`,
+    /// `BinaryView`) included. Off: announced and streamed as `Utf8`/`Binary`, which every
+    /// client reads.
+    #[arg(long, env = "MESHGATE_VIEW_TYPES")]
+    pub view_types: bool,
 
     /// Memory the query engine may use, in MiB, across all running requests.
     #[arg(long, env = "MESHGATE_MEMORY_LIMIT_MB", default_value_t = 4096)]
@@ -105,9 +118,33 @@ impl GatewayConfig {
             audit_log: None,
             audit_fail_open: false,
             replica: "meshgate-0".into(),
-            batch_size: 8192,
+            batch_size: DEFAULT_BATCH_SIZE,
+            max_message_size: crate::flight::wire::DEFAULT_MAX_MESSAGE_BYTES,
+            view_types: false,
             memory_limit_mb: 4096,
         }
+    }
+}
+
+/// Default rows per batch read from storage.
+pub const DEFAULT_BATCH_SIZE: usize = 8192;
+
+/// Parses a byte size: `1048576`, `512KiB`, `2MiB`, `1GiB`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: usize = n.parse().map_err(|_| format!("`{s}` is not a size; write e.g. 2MiB, 512KiB or 1048576"))?;
+    let k = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unit `{other}` in `{s}` is not one of B, KiB, MiB, GiB")),
+    };
+    match n.checked_mul(k) {
+        Some(0) | None => Err(format!("`{s}` is not a usable size; give a positive size such as 2MiB")),
+        Some(v) => Ok(v),
     }
 }
 
@@ -138,5 +175,15 @@ mod tests {
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("1d").is_err());
         assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("2MiB"), Ok(2 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("2MB").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
     }
 }

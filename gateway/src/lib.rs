@@ -16,6 +16,7 @@
 //! - [`ticket`]: HMAC-signed stateless tickets.
 //! - [`flight`]: the Flight service, its actions and the error → gRPC status table.
 //! - [`server`]: bind, serve, TLS, graceful shutdown.
+//! - [`net`]: socket options on accepted connections (`TCP_NODELAY`, keep-alive).
 //! - [`sample`]: the bundled sample mesh and its data generator.
 //!
 //! The design is in `docs/architecture.md`.
@@ -26,6 +27,7 @@ pub mod catalog;
 pub mod config;
 pub mod flight;
 pub mod governance;
+pub mod net;
 pub mod query;
 pub mod sample;
 pub mod server;

@@ -14,7 +14,6 @@ use meshgate_adapters::AdapterRegistry;
 use meshgate_adapters::memory::MemoryAdapter;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::audit::AuditLog;
@@ -72,9 +71,10 @@ pub struct Gateway {
 pub fn session_context(config: &GatewayConfig) -> Result<SessionContext> {
     let mut session = SessionConfig::new().with_batch_size(config.batch_size).with_information_schema(false);
     let options = session.options_mut();
-    // Older Flight SQL / JDBC clients cannot read view types; serve plain Utf8/Binary.
-    options.execution.parquet.schema_force_view_types = false;
-    options.sql_parser.map_string_types_to_utf8view = false;
+    // Older Flight SQL / JDBC clients cannot read view types: unless asked, every adapter serves
+    // plain Utf8/Binary (`StringTypes::of_session` reads this switch), whatever the files hold.
+    options.execution.parquet.schema_force_view_types = config.view_types;
+    options.sql_parser.map_string_types_to_utf8view = config.view_types;
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(config.memory_limit_mb.saturating_mul(1 << 20), 1.0)
         // Listings are not cached: files that appear or disappear are seen on the next read.
@@ -167,7 +167,8 @@ impl Gateway {
         let addr = listener
             .local_addr()
             .map_err(|source| Error::Io { context: "reading the bound address".into(), source })?;
-        let mut flight = MeshFlightService::new(Arc::clone(&catalog), signer, ctx);
+        let mut flight = MeshFlightService::new(Arc::clone(&catalog), signer, ctx)
+            .with_wire(crate::flight::wire::WireOptions { max_message_bytes: config.max_message_size });
         let mode = match &authenticator {
             Some(a) => {
                 flight = flight.with_auth(Arc::clone(a));
@@ -205,7 +206,7 @@ impl Gateway {
         }
         let (tx, rx) = oneshot::channel::<()>();
         let router = builder.layer(AuthLayer::new(mode, on_failure)).add_service(service);
-        let task = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        let task = tokio::spawn(router.serve_with_incoming_shutdown(crate::net::accept(listener), async {
             let _ = rx.await;
         }));
         tracing::info!(%addr, tls = config.tls_cert.is_some(), mesh = %catalog.mesh_dir().display(), "listening");

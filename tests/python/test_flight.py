@@ -10,6 +10,7 @@ import pyarrow.dataset as ds
 import pyarrow.flight as flight
 import pyarrow.ipc as ipc
 import pyarrow.json as pajson
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import Server
@@ -139,5 +140,42 @@ def test_broken_manifest_and_vanished_data(tmp_path, sample_mesh):
             assert str(mesh) not in str(e.value)
             info = c.get_flight_info(flight.FlightDescriptor.for_path("sales", "daily_revenue"))
             assert c.do_get(info.endpoints[0].ticket).read_all().num_rows > 0
+    finally:
+        server.stop()
+
+
+def test_view_typed_files_reach_pyarrow_as_classic_strings(tmp_path):
+    """Arrow-native writers (tpchgen-cli, pyarrow, polars) store `string_view` columns; every
+    client must receive plain `string`, from Parquet and from Arrow IPC alike."""
+    schema = pa.schema([("id", pa.int64(), False), ("note", pa.string_view())])
+    table = pa.table({"id": list(range(5000)), "note": [f"a note longer than twelve bytes {i}" for i in range(5000)]},
+                     schema=schema)
+    mesh = tmp_path / "mesh"
+    for name, fmt in [("pq", "parquet"), ("ipc", "arrow")]:
+        d = mesh / "lab" / name
+        (d / "data").mkdir(parents=True)
+        if fmt == "arrow":
+            with ipc.new_file(str(d / "data" / "part.arrow"), schema) as w:
+                w.write_table(table, max_chunksize=1000)
+        else:
+            pq.write_table(table, d / "data" / "part.parquet")
+        (d / "product.odps.yaml").write_text(
+            f"apiVersion: v1.0.0\nkind: DataProduct\nid: {name}\nstatus: active\n"
+            f"outputPorts:\n  - name: v1\n    contractId: {name}-v1\n")
+        (d / "v1.odcs.yaml").write_text(
+            f"apiVersion: v3.1.0\nkind: DataContract\nid: {name}-v1\nversion: 1.0.0\nstatus: active\n"
+            "schema:\n  - name: t\n    properties:\n"
+            "      - name: id\n        logicalType: integer\n      - name: note\n        logicalType: string\n"
+            f"customProperties:\n  - property: meshgate.binding\n    value: {{adapter: files, location: data/, format: {fmt}}}\n")
+    server = Server(mesh, "--no-watch")
+    try:
+        with server.client() as c:
+            for name in ["pq", "ipc"]:
+                info = c.get_flight_info(flight.FlightDescriptor.for_path("lab", name))
+                assert info.schema.field("note").type == pa.string(), name
+                got = read(c, info)
+                assert got.schema.field("note").type == pa.string(), name
+                assert got.num_rows == 5000
+                assert sorted(got.column("note").to_pylist()) == sorted(table.column("note").cast(pa.string()).to_pylist())
     finally:
         server.stop()

@@ -245,7 +245,7 @@ impl Loader {
         let Some(binding) = binding.filter(|_| p.list.is_empty()) else {
             return Err(p.list);
         };
-        let ctx = OpenContext { product_dir: dir.to_path_buf(), state: self.state.clone() };
+        let ctx = OpenContext::new(dir.to_path_buf(), self.state.clone());
         let table = match self.registry.open(&binding, &ctx).await {
             Ok(t) => t,
             Err(e) => {

@@ -176,7 +176,7 @@ async fn health(catalog: &Catalog, visible: Visibility<'_>) -> Value {
         let mut ports = Vec::new();
         if let Some(p) = &entry.product {
             for port in &p.ports {
-                let ctx = OpenContext { product_dir: port.product_dir.clone(), state: catalog.session_state().clone() };
+                let ctx = OpenContext::new(port.product_dir.clone(), catalog.session_state().clone());
                 let h = catalog.registry().health(&port.binding, &port.table, &ctx).await;
                 degraded |= h != Health::Ok;
                 ports.push(json!({"port": port.name, "health": h}));

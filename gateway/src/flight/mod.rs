@@ -16,10 +16,12 @@
 //! - [`service`]: the `FlightService` implementation; each handler delegates.
 //! - [`actions`]: `describe`, `health`, `reload`.
 //! - [`error`]: errors and the table mapping them to gRPC codes.
+//! - [`wire`]: cutting batches into Flight messages by the bytes their rows occupy.
 
 pub mod actions;
 pub mod error;
 pub mod service;
+pub mod wire;
 
 pub use error::{Error, Result};
 pub use service::MeshFlightService;

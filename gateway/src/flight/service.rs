@@ -12,7 +12,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::writer::IpcWriteOptions;
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::flight_service_server::FlightService;
@@ -31,6 +30,7 @@ use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::actions;
+use super::wire::{self, WireOptions};
 use super::error::{Error, Result};
 use crate::audit::{self, AuditLog, AuditToken};
 use crate::auth::{self, Authenticator, Principal};
@@ -50,6 +50,7 @@ pub struct MeshFlightService {
     now: fn() -> SystemTime,
     auth: Option<Arc<Authenticator>>,
     audit: Option<Arc<AuditLog>>,
+    wire: WireOptions,
 }
 
 impl std::fmt::Debug for MeshFlightService {
@@ -85,7 +86,7 @@ fn client<T>(req: &Request<T>) -> audit::Client {
 impl MeshFlightService {
     /// A service over `catalog`, planning with `ctx` and signing with `signer`.
     pub fn new(catalog: Arc<Catalog>, signer: TicketSigner, ctx: SessionContext) -> Self {
-        Self { catalog, signer, ctx, now: SystemTime::now, auth: None, audit: None }
+        Self { catalog, signer, ctx, now: SystemTime::now, auth: None, audit: None, wire: WireOptions::default() }
     }
 
     /// Verifies Basic credentials in `Handshake` with `auth`, and issues its tokens.
@@ -97,6 +98,12 @@ impl MeshFlightService {
     /// Records every outcome in `audit`.
     pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Self {
         self.audit = Some(audit);
+        self
+    }
+
+    /// Lays batches out on the wire with `wire`.
+    pub fn with_wire(mut self, wire: WireOptions) -> Self {
+        self.wire = wire;
         self
     }
 
@@ -506,9 +513,7 @@ impl FlightService for MeshFlightService {
                 }
             };
         let audited = Audited { inner: batches, token };
-        let flight = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(audited.map_err(|e| FlightError::ExternalError(Box::new(e))))
+        let flight = wire::encode(schema, audited.map_err(|e| FlightError::ExternalError(Box::new(e))), self.wire)
             .map_err(move |e| Status::from(stream_error(&address, e)));
         Ok(Response::new(flight.boxed()))
     }

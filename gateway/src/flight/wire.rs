@@ -1,0 +1,164 @@
+//! Cutting record batches into Flight messages.
+//!
+//! arrow-flight's encoder splits a batch by the memory its arrays *reference*
+//! (`get_buffer_memory_size`). A batch read from an Arrow IPC file is a set of slices of one
+//! large read buffer, so every column appears to hold that whole buffer: a 65,536-row batch was
+//! cut into ~900 messages of ~73 rows. Here batches are cut by the bytes their rows actually
+//! occupy (`get_slice_memory_size`), so a message carries up to [`WireOptions::max_message_bytes`]
+//! of rows, and the encoder is told never to split again.
+//!
+//! Slices of view arrays (`Utf8View`, `BinaryView`) still reference every data buffer of the
+//! original array, which the IPC writer would send with each slice; they are compacted first.
+
+use arrow::array::{Array, ArrayRef, BinaryViewArray, RecordBatch, StringViewArray};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow_flight::FlightData;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use futures::{Stream, TryStreamExt, stream};
+
+/// How batches are laid out on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireOptions {
+    /// Upper bound on the Arrow data of one `FlightData` message. Clients built on tonic refuse
+    /// messages over 4 MiB unless configured otherwise, so the default stays below that.
+    pub max_message_bytes: usize,
+}
+
+/// Default [`WireOptions::max_message_bytes`]: 2 MiB, well inside the 4 MiB gRPC default every
+/// client accepts.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 2 << 20;
+
+impl Default for WireOptions {
+    fn default() -> Self {
+        Self { max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES }
+    }
+}
+
+/// The bytes the rows of `batch` occupy, not counting buffer space beyond its slice.
+pub fn sliced_bytes(batch: &RecordBatch) -> usize {
+    batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size())).sum()
+}
+
+/// Cuts `batch` into consecutive pieces of at most `max_bytes` each (a single row may exceed it),
+/// compacting view arrays so no piece carries another piece's data.
+pub fn split(batch: RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
+    let rows = batch.num_rows();
+    let bytes = sliced_bytes(&batch);
+    let pieces = bytes.div_ceil(max_bytes.max(1)).max(1);
+    if pieces == 1 {
+        return vec![compact_views(batch)];
+    }
+    let per_piece = rows.div_ceil(pieces).max(1);
+    (0..rows).step_by(per_piece).map(|offset| compact_views(batch.slice(offset, per_piece.min(rows - offset)))).collect()
+}
+
+/// `batch` with every top-level view column garbage-collected when it references more data
+/// buffer space than its rows use.
+fn compact_views(batch: RecordBatch) -> RecordBatch {
+    let needs = batch.columns().iter().any(|c| matches!(c.data_type(), DataType::Utf8View | DataType::BinaryView));
+    if !needs {
+        return batch;
+    }
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| {
+            if let Some(a) = c.as_any().downcast_ref::<StringViewArray>() {
+                std::sync::Arc::new(a.gc()) as ArrayRef
+            } else if let Some(a) = c.as_any().downcast_ref::<BinaryViewArray>() {
+                std::sync::Arc::new(a.gc()) as ArrayRef
+            } else {
+                std::sync::Arc::clone(c)
+            }
+        })
+        .collect();
+    RecordBatch::try_new(batch.schema(), columns).unwrap_or(batch)
+}
+
+/// Encodes `batches` (announced as `schema`) into Flight messages cut by [`split`].
+pub fn encode<S>(
+    schema: SchemaRef,
+    batches: S,
+    options: WireOptions,
+) -> impl Stream<Item = Result<FlightData, FlightError>> + Send + 'static
+where
+    S: Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
+{
+    let max = options.max_message_bytes;
+    let cut = batches
+        .map_ok(move |b| stream::iter(split(b, max).into_iter().map(Ok::<_, FlightError>)))
+        .try_flatten();
+    FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        // Already cut by the bytes the rows occupy; the encoder's own estimate counts shared
+        // buffers whole and would cut again.
+        .with_max_flight_data_size(usize::MAX)
+        .build(cut)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+    use arrow_flight::decode::FlightRecordBatchStream;
+
+    use super::*;
+
+    fn batch(rows: usize) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("comment", DataType::Utf8, true),
+        ]));
+        let ids = Int64Array::from_iter_values(0..rows as i64);
+        let comments = StringArray::from_iter_values((0..rows).map(|i| format!("comment number {i:08}")));
+        RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(comments)]).unwrap()
+    }
+
+    #[test]
+    fn slices_of_a_large_buffer_are_measured_by_their_rows() {
+        let big = batch(100_000);
+        let slice = big.slice(10_000, 1_000);
+        let whole: usize = slice.columns().iter().map(|c| c.get_buffer_memory_size()).sum();
+        assert!(sliced_bytes(&slice) * 50 < whole, "{} vs {whole}", sliced_bytes(&slice));
+        assert_eq!(split(slice, DEFAULT_MAX_MESSAGE_BYTES).len(), 1, "a small slice is one message");
+    }
+
+    #[test]
+    fn pieces_respect_the_limit_and_keep_every_row_in_order() {
+        let b = batch(100_000);
+        let total = sliced_bytes(&b);
+        let pieces = split(b.clone(), total / 4);
+        assert!((4..=5).contains(&pieces.len()), "{} pieces", pieces.len());
+        assert!(pieces.iter().all(|p| sliced_bytes(p) <= total / 4 + 64), "each piece within the limit");
+        let joined = arrow::compute::concat_batches(&b.schema(), &pieces).unwrap();
+        assert_eq!(joined, b);
+    }
+
+    #[test]
+    fn view_slices_are_compacted() {
+        let long: Vec<String> = (0..10_000).map(|i| format!("a string longer than twelve bytes {i}")).collect();
+        let views = StringViewArray::from_iter_values(long.iter());
+        let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8View, false)]));
+        let b = RecordBatch::try_new(schema, vec![Arc::new(views)]).unwrap();
+        let piece = split(b.slice(0, 10), DEFAULT_MAX_MESSAGE_BYTES).remove(0);
+        assert!(piece.column(0).get_buffer_memory_size() < 4096, "{}", piece.column(0).get_buffer_memory_size());
+    }
+
+    #[tokio::test]
+    async fn encoded_stream_round_trips_with_one_message_per_small_batch() {
+        let batches: Vec<RecordBatch> = (0..5).map(|i| batch(1_000 + i)).collect();
+        let input = stream::iter(batches.clone().into_iter().map(Ok));
+        let messages: Vec<FlightData> =
+            encode(batches[0].schema(), input, WireOptions::default()).try_collect().await.unwrap();
+        assert_eq!(messages.len(), 1 + 5, "the schema, then one message per batch");
+        let decoded: Vec<RecordBatch> =
+            FlightRecordBatchStream::new_from_flight_data(stream::iter(messages.into_iter().map(Ok)))
+                .try_collect()
+                .await
+                .unwrap();
+        assert_eq!(decoded, batches);
+    }
+}
