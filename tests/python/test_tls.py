@@ -54,5 +54,20 @@ def test_client_certificates_are_identities(tmp_path, sample_mesh):
         with flight.connect(url, tls_root_certs=ca) as c:
             with pytest.raises(flight.FlightUnauthenticatedError):
                 list(c.list_flights())
+        # A certificate whose organisation reads `x, CN=alice` (after its CN) is mallory's, not alice's.
+        mallory = tmp_path / "mallory"
+        mallory.mkdir()
+        subprocess.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-subj", "/CN=mallory/O=x, CN=alice", "-keyout", str(mallory / "k"), "-out", str(mallory / "csr")],
+                       check=True, capture_output=True)
+        (mallory / "ext").write_text("extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n")
+        subprocess.run(["openssl", "x509", "-req", "-in", str(mallory / "csr"), "-CA", str(ours / "ca.pem"),
+                        "-CAkey", str(ours / "ca.key"), "-CAcreateserial", "-days", "1", "-extfile", str(mallory / "ext"),
+                        "-out", str(mallory / "pem")], check=True, capture_output=True)
+        with flight.connect(url, tls_root_certs=ca, cert_chain=(mallory / "pem").read_bytes(), private_key=(mallory / "k").read_bytes()) as c:
+            with pytest.raises((flight.FlightUnauthorizedError, flight.FlightServerError)) as refused:
+                c.get_flight_info(flight.FlightDescriptor.for_path("sales", "orders"))
+            assert "NOT_FOUND" in str(refused.value) or "not" in str(refused.value).lower()
+            assert all(i.descriptor.path[1] != b"orders" for i in c.list_flights()), "alice's products are not mallory's"
     finally:
         server.stop()

@@ -36,6 +36,35 @@ fn san_dns(cert: &Certificate) -> Option<String> {
     })
 }
 
+/// The commonName attribute of `name`, found by its OID in the parsed name (never by reading
+/// the DN's text, where another attribute's value may contain `, CN=`). A name with several
+/// CNs is refused: which one is meant would be a guess.
+fn common_name(name: &x509_cert::name::Name) -> Result<Option<String>> {
+    use x509_cert::der::asn1::{Ia5StringRef, PrintableStringRef, TeletexStringRef, Utf8StringRef};
+    let unreadable = || Error::InvalidToken("the client certificate's commonName cannot be read".into());
+    let mut found = None;
+    for atv in name.0.iter().flat_map(|rdn| rdn.0.iter()) {
+        if atv.oid != COMMON_NAME {
+            continue;
+        }
+        let v = &atv.value;
+        let text = v
+            .decode_as::<Utf8StringRef<'_>>()
+            .map(|s| s.to_string())
+            .or_else(|_| v.decode_as::<PrintableStringRef<'_>>().map(|s| s.to_string()))
+            .or_else(|_| v.decode_as::<Ia5StringRef<'_>>().map(|s| s.to_string()))
+            .or_else(|_| v.decode_as::<TeletexStringRef<'_>>().map(|s| s.to_string()))
+            .map_err(|_| unreadable())?;
+        if found.replace(text).is_some() {
+            return Err(Error::InvalidToken("the client certificate has more than one commonName".into()));
+        }
+    }
+    Ok(found)
+}
+
+/// id-at-commonName (RFC 4519).
+const COMMON_NAME: x509_cert::der::oid::ObjectIdentifier = x509_cert::der::oid::ObjectIdentifier::new_unwrap("2.5.4.3");
+
 /// The mapping file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,14 +86,11 @@ impl CertIdentities {
     pub fn principal(&self, der: &[u8]) -> Result<Principal> {
         let cert = Certificate::from_der(der)
             .map_err(|_| Error::InvalidToken("the client certificate cannot be parsed".into()))?;
-        let cn = |name: &x509_cert::name::Name| {
-            name.to_string().split(',').find_map(|part| part.trim().strip_prefix("CN=").map(str::to_string))
-        };
-        let subject = cn(&cert.tbs_certificate.subject)
+        let subject = common_name(&cert.tbs_certificate.subject)?
             .filter(|s| !s.is_empty())
             .or_else(|| san_dns(&cert))
             .ok_or_else(|| Error::MissingClaim("certificate CN or DNS subjectAltName".into()))?;
-        let issuer = cn(&cert.tbs_certificate.issuer).unwrap_or_default();
+        let issuer = common_name(&cert.tbs_certificate.issuer)?.unwrap_or_default();
         let id = self.identities.get(&subject).cloned().unwrap_or_default();
         Ok(id.principal(&subject, &format!("mtls:{issuer}"), AuthMethod::Mtls))
     }
@@ -117,5 +143,18 @@ mod tests {
         let p = ids.principal(&cert("/O=x/CN=nobody", "subjectAltName=DNS:n")).unwrap();
         assert!(p.roles.is_empty(), "unmapped subjects get no roles");
         assert!(ids.principal(b"not a certificate").is_err());
+    }
+
+    #[test]
+    fn a_cn_inside_another_attribute_is_not_the_subject() {
+        let ids: CertIdentities =
+            serde_yaml::from_str("identities:\n  reporting-service: {roles: [pii_reader]}\n").unwrap();
+        let p = ids.principal(&cert("/CN=mallory/O=x, CN=reporting-service", "subjectAltName=DNS:m")).unwrap();
+        assert_eq!(p.subject, "mallory");
+        assert!(p.roles.is_empty(), "mallory gets none of reporting-service's roles");
+        let p = ids.principal(&cert("/O=x, CN=reporting-service", "subjectAltName=DNS:m")).unwrap();
+        assert_eq!(p.subject, "m", "no CN attribute: the DNS name, not text from the organisation");
+        let two = ids.principal(&cert("/CN=a/CN=reporting-service", "subjectAltName=DNS:m"));
+        assert!(two.is_err(), "two CNs are refused");
     }
 }
