@@ -146,10 +146,25 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Stack of every runtime thread. Planning recurses over expression trees; requests are bounded
+/// (`query::EXPRESSION_LIMITS`) so that the bound, not the stack, is what a large one meets, and
+/// this leaves a wide margin over what the bound needs.
+const THREAD_STACK_BYTES: usize = 16 << 20;
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(THREAD_STACK_BYTES).build();
+    match runtime {
+        Ok(rt) => rt.block_on(run(cli)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
         Command::Serve(config) => serve(config).await,
         Command::Check { mesh } => check(&mesh).await,

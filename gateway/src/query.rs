@@ -75,6 +75,28 @@ pub enum Error {
     /// The filter is not boolean.
     #[error("the filter must be a boolean expression such as `amount > 100`; this one is {0}")]
     FilterNotBoolean(DataType),
+    /// The expression cannot even be split into tokens.
+    #[error("{what} does not parse: {message}")]
+    Unreadable {
+        /// Which expression.
+        what: &'static str,
+        /// The tokenizer's complaint.
+        message: String,
+    },
+    /// The expression is larger or deeper than the gateway plans.
+    #[error("{what} is too large: {found} {unit}, the limit is {limit}; {hint}")]
+    TooLarge {
+        /// Which expression (`the filter`, `the row filter`).
+        what: &'static str,
+        /// What was counted.
+        unit: &'static str,
+        /// How many.
+        found: usize,
+        /// The limit.
+        limit: usize,
+        /// How to stay within it.
+        hint: &'static str,
+    },
     /// DataFusion refused the plan.
     #[error(transparent)]
     Plan(Box<DataFusionError>),
@@ -206,8 +228,92 @@ pub fn plan(
     Ok(Planned { df, schema })
 }
 
+/// Bounds on a user expression, checked on its tokens before anything parses or plans it:
+/// parsers, planners and optimizers recurse over the expression tree, so an unbounded one can
+/// exhaust a thread's stack (and some rewrites are quadratic in the length of a chain).
+#[derive(Debug, Clone, Copy)]
+pub struct ExpressionLimits {
+    /// Bytes of SQL text.
+    pub max_bytes: usize,
+    /// Operators (`AND`, `OR`, `||`, `+`, `=`, `NOT`, `LIKE`, ...) and function calls: a
+    /// chain of them nests that deep in the expression tree.
+    pub max_operators: usize,
+    /// Parentheses open at once.
+    pub max_nesting: usize,
+}
+
+/// The limits for filters in requests and row filters in governance files.
+pub const EXPRESSION_LIMITS: ExpressionLimits = ExpressionLimits { max_bytes: 16 << 10, max_operators: 256, max_nesting: 32 };
+
+impl ExpressionLimits {
+    /// Checks `sql` (named `what` in errors) against the limits, without recursion.
+    pub fn check(&self, what: &'static str, sql: &str) -> Result<()> {
+        use datafusion::sql::sqlparser::dialect::GenericDialect;
+        use datafusion::sql::sqlparser::keywords::Keyword;
+        use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+        let too_large = |unit, found, limit, hint| Error::TooLarge { what, unit, found, limit, hint };
+        if sql.len() > self.max_bytes {
+            return Err(too_large("bytes", sql.len(), self.max_bytes, "shorten it, e.g. with IN (...) lists or ranges"));
+        }
+        let tokens = Tokenizer::new(&GenericDialect {}, sql)
+            .tokenize()
+            .map_err(|e| Error::Unreadable { what, message: e.to_string() })?;
+        let (mut operators, mut depth, mut deepest) = (0usize, 0usize, 0usize);
+        let mut previous_word = false;
+        for t in &tokens {
+            match t {
+                Token::LParen => {
+                    // `name(` is a function call: one more level in the tree, like an operator.
+                    operators += usize::from(previous_word);
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                Token::RParen => depth = depth.saturating_sub(1),
+                Token::Word(w) => {
+                    operators += usize::from(matches!(
+                        w.keyword,
+                        Keyword::AND
+                            | Keyword::OR
+                            | Keyword::NOT
+                            | Keyword::XOR
+                            | Keyword::LIKE
+                            | Keyword::ILIKE
+                            | Keyword::SIMILAR
+                            | Keyword::IS
+                            | Keyword::BETWEEN
+                            | Keyword::IN
+                            | Keyword::CASE
+                            | Keyword::WHEN
+                            | Keyword::CAST
+                    ));
+                }
+                Token::Whitespace(_) | Token::Comma | Token::Period | Token::EOF => {}
+                Token::Number(..) | Token::SingleQuotedString(_) | Token::DoubleQuotedString(_) => {}
+                Token::Placeholder(_) => {}
+                _ => operators += 1,
+            }
+            if !matches!(t, Token::Whitespace(_)) {
+                previous_word = matches!(t, Token::Word(_));
+            }
+        }
+        if deepest > self.max_nesting {
+            return Err(too_large("levels of parentheses", deepest, self.max_nesting, "flatten the nesting"));
+        }
+        if operators > self.max_operators {
+            return Err(too_large(
+                "operators and function calls",
+                operators,
+                self.max_operators,
+                "write long alternatives as `column IN (a, b, c)` and split the rest into several requests",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Parses and checks a filter against the columns of `df`.
 fn parse_filter(ctx: &SessionContext, product: &Product, df: &DataFrame, sql: &str) -> Result<Expr> {
+    EXPRESSION_LIMITS.check("the filter", sql)?;
     let bad = |message: String| Error::BadFilter { product: product.address(), message };
     let state = ctx.state();
     let dialect = state.config().options().sql_parser.dialect;
@@ -312,6 +418,28 @@ mod tests {
         ] {
             assert!(ReadSpec::from_json(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn expression_limits_count_operators_calls_and_nesting() {
+        let l = EXPRESSION_LIMITS;
+        l.check("f", "region = 'EMEA' AND amount > 100 OR lower(name) LIKE 'a%'").unwrap();
+        l.check("f", &format!("id IN ({})", (0..1000).map(|i| i.to_string()).collect::<Vec<_>>().join(", "))).unwrap();
+        for op in ["OR", "AND", "||", "+", "-", "*", "/", "%", "=", "<>", "<", ">=", "LIKE"] {
+            let chain = vec!["x"; 300].join(&format!(" {op} "));
+            let e = l.check("f", &chain).unwrap_err();
+            assert!(matches!(e, Error::TooLarge { found: 299, .. }), "{op}: {e}");
+            let fits = vec!["x"; 200].join(&format!(" {op} "));
+            l.check("f", &fits).unwrap();
+        }
+        let nested = format!("{}x{}", "(".repeat(40), ")".repeat(40));
+        assert!(matches!(l.check("f", &nested), Err(Error::TooLarge { unit: "levels of parentheses", .. })));
+        let calls = format!("{}x{}", "abs(".repeat(20), ")".repeat(20));
+        l.check("f", &calls).unwrap();
+        let nots = "NOT ".repeat(300) + "x";
+        assert!(l.check("f", &nots).is_err());
+        let huge = "x".repeat(1 << 20);
+        assert!(matches!(l.check("f", &huge), Err(Error::TooLarge { unit: "bytes", .. })));
     }
 
     #[test]

@@ -128,7 +128,9 @@ fn to_status(e: &Error) -> Status {
             | Q::BadColumns(_)
             | Q::BadFilter { .. }
             | Q::FilterNotAllowed(_)
-            | Q::FilterNotBoolean(_) => Status::invalid_argument(msg),
+            | Q::FilterNotBoolean(_)
+            | Q::TooLarge { .. }
+            | Q::Unreadable { .. } => Status::invalid_argument(msg),
             Q::Plan(df) => datafusion_status("the query", df),
         },
         Error::Ticket(t) => match t {
@@ -232,6 +234,9 @@ mod tests {
         assert_eq!(q(query::Error::BadQuery("x".into())), Code::InvalidArgument);
         assert_eq!(q(query::Error::FilterNotAllowed("subqueries")), Code::InvalidArgument);
         assert_eq!(q(query::Error::FilterNotBoolean(arrow::datatypes::DataType::Int64)), Code::InvalidArgument);
+        let too_large = query::Error::TooLarge { what: "f", unit: "bytes", found: 2, limit: 1, hint: "h" };
+        assert_eq!(q(too_large), Code::InvalidArgument);
+        assert_eq!(q(query::Error::Unreadable { what: "f", message: "m".into() }), Code::InvalidArgument);
         assert_eq!(q(query::Error::Plan(Box::new(DataFusionError::Plan("x".into())))), Code::InvalidArgument);
         let t = |e: ticket::Error| code(Error::Ticket(e));
         assert_eq!(t(ticket::Error::Malformed), Code::InvalidArgument);
