@@ -16,6 +16,7 @@
 //! - [`ticket`]: HMAC-signed stateless tickets.
 //! - [`flight`]: the Flight service, its actions and the error → gRPC status table.
 //! - [`server`]: bind, serve, TLS, graceful shutdown.
+//! - [`text`]: bounding values echoed in errors and logs.
 //! - [`net`]: socket options on accepted connections (`TCP_NODELAY`, keep-alive).
 //! - [`sample`]: the bundled sample mesh and its data generator.
 //!
@@ -31,6 +32,7 @@ pub mod net;
 pub mod query;
 pub mod sample;
 pub mod server;
+pub mod text;
 pub mod ticket;
 
 pub use config::GatewayConfig;

@@ -1,4 +1,5 @@
-//! Accepting connections: socket options tonic does not set on its own.
+//! Accepting connections: socket options tonic does not set on its own, and the status of
+//! requests that do not decode.
 //!
 //! tonic applies `tcp_nodelay` and `tcp_keepalive` only to listeners it binds itself; the gateway
 //! binds first (so tests can read the port back) and hands tonic a stream of accepted sockets,
@@ -10,6 +11,8 @@
 
 use std::io;
 use std::time::Duration;
+
+use http::HeaderValue;
 
 use futures::{Stream, StreamExt};
 use socket2::{SockRef, TcpKeepalive};
@@ -41,6 +44,28 @@ pub fn accept(listener: TcpListener) -> impl Stream<Item = io::Result<TcpStream>
             }
         })
     })
+}
+
+/// Turns tonic's answer to a request message that does not decode (invalid protobuf, a
+/// `string` field holding invalid UTF-8), which it reports as `INTERNAL`, into the client error it
+/// is: `INVALID_ARGUMENT`, saying what to fix. Use with `tower::util::MapResponseLayer`.
+pub fn undecodable_is_invalid_argument<B>(mut response: http::Response<B>) -> http::Response<B> {
+    const INTERNAL: &str = "13";
+    let headers = response.headers_mut();
+    let undecodable = headers.get("grpc-status").is_some_and(|s| s == INTERNAL)
+        && headers.get("grpc-message").and_then(|m| m.to_str().ok()).is_some_and(|m| {
+            m.starts_with("failed%20to%20decode%20Protobuf") || m.starts_with("failed to decode Protobuf")
+        });
+    if undecodable {
+        headers.insert("grpc-status", HeaderValue::from_static("3"));
+        headers.insert(
+            "grpc-message",
+            HeaderValue::from_static(
+                "the%20request%20message%20is%20not%20valid%20protobuf%20for%20this%20call%20(text%20fields%20must%20be%20UTF-8)",
+            ),
+        );
+    }
+    response
 }
 
 #[cfg(test)]

@@ -153,12 +153,12 @@ impl ReadSpec {
 
     /// A JSON query from a CMD descriptor.
     pub fn from_json(cmd: &[u8]) -> Result<Self> {
-        let q: JsonQuery = serde_json::from_slice(cmd).map_err(|e| Error::BadQuery(e.to_string()))?;
+        let q: JsonQuery = serde_json::from_slice(cmd).map_err(|e| Error::BadQuery(crate::text::clip(&e.to_string())))?;
         let parts: Vec<&str> = q.product.split('/').collect();
         let (domain, product, port) = match parts.as_slice() {
             [d, p] => (d, p, q.port.clone()),
             [d, p, port] if q.port.is_none() => (d, p, Some(port.to_string())),
-            _ => return Err(Error::BadProduct(q.product.escape_default().to_string())),
+            _ => return Err(Error::BadProduct(crate::text::clip(&q.product))),
         };
         if q.columns.as_ref().is_some_and(Vec::is_empty) {
             return Err(Error::BadColumns(
@@ -202,12 +202,12 @@ pub fn plan(
         if !contract_cols.contains(&c.as_str()) {
             return Err(Error::UnknownColumn {
                 product: product.address(),
-                column: c.escape_default().to_string(),
+                column: crate::text::clip(c),
                 known: contract_cols.join(", "),
             });
         }
         if !seen.insert(c) {
-            return Err(Error::BadColumns(format!("column `{c}` is requested twice")));
+            return Err(Error::BadColumns(format!("column `{}` is requested twice", crate::text::clip(c))));
         }
     }
     // The contract is the interface: data columns it does not declare are not reachable, not
@@ -344,6 +344,9 @@ fn parse_filter(ctx: &SessionContext, product: &Product, df: &DataFrame, sql: &s
     }
 }
 
+/// Functions whose result describes the gateway (engine, version, platform), not the data.
+const DISCLOSING_FUNCTIONS: &[&str] = &["version"];
+
 /// The allow-list of expression kinds in a filter; `Some(name)` for a refused kind.
 fn forbidden(e: &Expr) -> Option<&'static str> {
     match e {
@@ -366,9 +369,10 @@ fn forbidden(e: &Expr) -> Option<&'static str> {
         | Expr::Case(_)
         | Expr::Cast(_)
         | Expr::TryCast(_)
-        | Expr::ScalarFunction(_)
         | Expr::InList(_)
         | Expr::Alias(_) => None,
+        Expr::ScalarFunction(f) if DISCLOSING_FUNCTIONS.contains(&f.name()) => Some("functions that describe the server"),
+        Expr::ScalarFunction(_) => None,
         Expr::Exists(_)
         | Expr::InSubquery(_)
         | Expr::SetComparison(_)

@@ -205,7 +205,10 @@ impl Gateway {
             builder = builder.tls_config(tls)?;
         }
         let (tx, rx) = oneshot::channel::<()>();
-        let router = builder.layer(AuthLayer::new(mode, on_failure)).add_service(service);
+        let router = builder
+            .layer(tower::util::MapResponseLayer::new(crate::net::undecodable_is_invalid_argument))
+            .layer(AuthLayer::new(mode, on_failure))
+            .add_service(service);
         let task = tokio::spawn(router.serve_with_incoming_shutdown(crate::net::accept(listener), async {
             let _ = rx.await;
         }));

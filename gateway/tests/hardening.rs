@@ -71,3 +71,81 @@ async fn huge_filters_are_refused_in_every_place_and_the_gateway_lives() {
     assert_eq!(rows(&f.read(&info).await.unwrap()), 24);
     f.stop().await;
 }
+
+/// A FlightDescriptor whose `path` strings may hold any bytes (same tags as the real message).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawDescriptor {
+    #[prost(int32, tag = "1")]
+    r#type: i32,
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    path: Vec<Vec<u8>>,
+}
+
+/// An Action whose `type` string may hold any bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawAction {
+    #[prost(bytes = "vec", tag = "1")]
+    r#type: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    body: Vec<u8>,
+}
+
+/// Any bytes at all as a message.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Garbage {
+    #[prost(bytes = "vec", tag = "1")]
+    junk: Vec<u8>,
+}
+
+async fn raw_call<M: prost::Message + Default + Send + Sync + 'static, R: prost::Message + Default + Send + 'static>(
+    f: &Fixture,
+    path: &'static str,
+    message: M,
+) -> tonic::Status {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", f.gateway().local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<M, R>::default();
+    grpc.unary(tonic::Request::new(message), http::uri::PathAndQuery::from_static(path), codec)
+        .await
+        .map(|_| ())
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn client_mistakes_are_client_errors() {
+    let mut f = Fixture::sample().await;
+    let bad_path = RawDescriptor { r#type: 1, path: vec![b"sales".to_vec(), vec![0xff, 0xfe, b'o']] };
+    let s = raw_call::<_, arrow_flight::FlightInfo>(&f, "/arrow.flight.protocol.FlightService/GetFlightInfo", bad_path)
+        .await;
+    assert_eq!(s.code(), Code::InvalidArgument, "{s}");
+    assert!(s.message().contains("UTF-8"), "{}", s.message());
+    let bad_action = RawAction { r#type: vec![0xc3, 0x28], body: vec![] };
+    let s = raw_call::<_, arrow_flight::Result>(&f, "/arrow.flight.protocol.FlightService/DoAction", bad_action).await;
+    assert!(matches!(s.code(), Code::InvalidArgument), "{s}");
+    let junk = Garbage { junk: vec![0xff; 64] };
+    let s = raw_call::<_, arrow_flight::FlightInfo>(&f, "/arrow.flight.protocol.FlightService/GetFlightInfo", junk)
+        .await;
+    // Field 1 of a descriptor is an enum: 64 bytes of 0xff there do not decode.
+    assert_eq!(s.code(), Code::InvalidArgument, "{s}");
+
+    // A 10 MB name comes back as a short error.
+    let huge = "x".repeat(10 << 20);
+    let e = f.info(&["sales", &huge]).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().len() < 1024, "{} bytes", e.message().len());
+    let e = f.query(&serde_json::json!({"product": format!("sales/{huge}/x/y")}).to_string()).await.unwrap_err();
+    assert!(e.message().len() < 1024, "{} bytes", e.message().len());
+    let e = f.query(&serde_json::json!({"product": "sales/orders", "columns": [huge]}).to_string()).await.unwrap_err();
+    assert!(e.message().len() < 2048, "{} bytes", e.message().len());
+
+    // Functions that describe the server are not available in filters.
+    let e = f.query(r#"{"product": "sales/orders", "filter": "version() LIKE '%'"}"#).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("describe the server"), "{}", e.message());
+    f.stop().await;
+}

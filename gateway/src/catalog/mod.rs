@@ -284,7 +284,7 @@ impl CatalogState {
     ) -> Result<(Arc<Product>, Arc<Port>)> {
         for (what, v) in [("domain", Some(domain)), ("product", Some(product)), ("port", port)] {
             if let Some(v) = v.filter(|v| !is_valid_name(v) && *v != RESERVED_DOMAIN) {
-                return Err(Error::InvalidName { what, value: v.escape_default().to_string() });
+                return Err(Error::InvalidName { what, value: crate::text::clip(v) });
             }
         }
         let seen = |(d, p): &&ProductKey, e: &&Entry| visible(d, p, e.product.as_deref());

@@ -43,7 +43,7 @@ pub async fn run(
             let known: Vec<&str> = ACTIONS.iter().map(|(n, _)| *n).collect();
             return Err(Error::BadAction(format!(
                 "no action `{}`; actions: {}",
-                other.escape_default(),
+                crate::text::clip(other),
                 known.join(", ")
             )));
         }

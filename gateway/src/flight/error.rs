@@ -8,6 +8,7 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use tonic::{Code, Status};
 
+use crate::text::clip_message;
 use crate::{audit, auth, catalog, governance, query, ticket};
 
 /// Result with the Flight front's [`Error`].
@@ -89,12 +90,13 @@ impl Error {
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         let status = to_status(&e);
+        let detail = clip_message(e.to_string());
         if client_fault(status.code()) {
-            tracing::info!(code = ?status.code(), error = %e, "request refused");
+            tracing::info!(code = ?status.code(), error = %detail, "request refused");
         } else {
-            tracing::warn!(code = ?status.code(), error = %e, "request failed");
+            tracing::warn!(code = ?status.code(), error = %detail, "request failed");
         }
-        status
+        Status::new(status.code(), clip_message(status.message().to_string()))
     }
 }
 
