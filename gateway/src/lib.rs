@@ -12,6 +12,7 @@
 //! - [`governance`]: Cedar policies, masks, row filters and the governed table.
 //! - [`audit`]: the hash-chained audit log.
 //! - [`catalog`]: manifests, validation, reload on change.
+//! - [`capped`]: functions that allocate by argument, capped by the memory limit.
 //! - [`query`]: read requests (path, JSON query, ticket) and their DataFusion plans.
 //! - [`ticket`]: HMAC-signed stateless tickets.
 //! - [`flight`]: the Flight service, its actions and the error → gRPC status table.
@@ -24,6 +25,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod capped;
 pub mod catalog;
 pub mod config;
 pub mod flight;

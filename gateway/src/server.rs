@@ -81,7 +81,9 @@ pub fn session_context(config: &GatewayConfig) -> Result<SessionContext> {
         .with_object_list_cache_limit(0)
         .build_arc()
         .map_err(|e| Error::Config(format!("query engine runtime: {e}")))?;
-    Ok(SessionContext::new_with_config_rt(session, runtime))
+    let ctx = SessionContext::new_with_config_rt(session, runtime);
+    crate::capped::register(&ctx, config.memory_limit_mb.saturating_mul(1 << 20));
+    Ok(ctx)
 }
 
 impl Gateway {

@@ -149,3 +149,26 @@ async fn client_mistakes_are_client_errors() {
     assert!(e.message().contains("describe the server"), "{}", e.message());
     f.stop().await;
 }
+
+#[tokio::test]
+async fn functions_that_allocate_by_argument_stay_inside_the_memory_limit() {
+    let mut f = Fixture::sample_with(|c| c.memory_limit_mb = 64).await;
+    for filter in [
+        "length(repeat('x', 300000000)) > 0",
+        "length(lpad(region, 2000000000)) > 0",
+        "length(repeat(region, 20000000)) > 0",
+        "array_length(range(0, 500000000)) > 0",
+    ] {
+        let q = serde_json::json!({"product": "sales/orders", "filter": filter}).to_string();
+        let outcome = match f.query(&q).await {
+            Ok(info) => f.read(&info).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        let e = outcome.expect_err(filter);
+        assert_eq!(e.code(), Code::ResourceExhausted, "{filter}: {e}");
+        assert!(e.message().contains("memory limit of 64 MiB"), "{filter}: {}", e.message());
+    }
+    let info = f.info(&["logistics", "warehouses"]).await.unwrap();
+    assert_eq!(rows(&f.read(&info).await.unwrap()), 24);
+    f.stop().await;
+}

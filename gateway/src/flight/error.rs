@@ -179,9 +179,9 @@ fn datafusion_status(what: &str, e: &DataFusionError) -> Status {
             ),
             other => Status::invalid_argument(format!("{what} failed: {other}")),
         },
-        DataFusionError::ResourcesExhausted(_) => {
-            Status::resource_exhausted("the query needs more memory than the gateway allows; add a filter or a limit")
-        }
+        DataFusionError::ResourcesExhausted(m) => Status::resource_exhausted(format!(
+            "the query needs more memory than the gateway allows ({m}); add a filter or a limit"
+        )),
         DataFusionError::Plan(m) | DataFusionError::NotImplemented(m) => {
             Status::invalid_argument(format!("{what} cannot be planned: {m}"))
         }
