@@ -2,11 +2,12 @@
 
 mod common;
 
+use common::secure::*;
+
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow_flight::{Action, FlightClient, FlightDescriptor, Ticket};
+use arrow_flight::{Action, Ticket};
 use base64::Engine;
 use common::{rows, status};
 use futures::TryStreamExt;
@@ -14,86 +15,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use meshgate::{Gateway, GatewayConfig};
 use serde_json::{Value, json};
 use tonic::Code;
-use tonic::transport::Channel;
 
-const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
-
-struct Secure {
-    gateway: Option<Gateway>,
-    dir: tempfile::TempDir,
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-impl Secure {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mesh = dir.path().join("mesh");
-        meshgate::sample::write(&mesh, 0.02).unwrap();
-        let auth = meshgate::sample::write_dev_auth(&dir.path().join("auth")).unwrap();
-        let jwks = jsonwebtoken::jwk::JwkSet {
-            keys: vec![{
-                let key = EncodingKey::from_ec_pem(&std::fs::read(format!("{KEYS}/ec.pk8.key")).unwrap()).unwrap();
-                let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
-                jwk.common.key_id = Some("k1".into());
-                jwk
-            }],
-        };
-        std::fs::write(dir.path().join("auth/idp-jwks.json"), serde_json::to_string(&jwks).unwrap()).unwrap();
-        let extra = format!(
-            "issuers:\n\
-             - issuer: https://rsa.idp.test\n  audiences: [meshgate]\n  algorithms: [RS256]\n  pem_file: {KEYS}/rsa.pub.pem\n\
-             - issuer: https://ed.idp.test\n  audiences: [meshgate]\n  algorithms: [EdDSA]\n  pem_file: {KEYS}/ed.pub.pem\n\
-             - issuer: https://jwks.idp.test\n  audiences: [meshgate, other]\n  algorithms: [ES256]\n  jwks_file: idp-jwks.json\n  claims: {{roles: groups_of_user}}\n"
-        );
-        let mut text = std::fs::read_to_string(&auth).unwrap();
-        text.push_str(&extra);
-        std::fs::write(&auth, text).unwrap();
-        let mut config = GatewayConfig::for_mesh(&mesh);
-        config.insecure_no_auth = false;
-        config.auth = Some(auth);
-        config.audit_log = Some(dir.path().join("audit.jsonl"));
-        config.no_watch = true;
-        let gateway = Gateway::bind(config, Default::default()).await.unwrap();
-        Self { gateway: Some(gateway), dir }
-    }
-
-    fn gateway(&self) -> &Gateway {
-        self.gateway.as_ref().unwrap()
-    }
-
-    async fn client(&self, token: Option<&str>) -> FlightClient {
-        let channel =
-            Channel::from_shared(format!("http://{}", self.gateway().local_addr())).unwrap().connect().await.unwrap();
-        let mut c = FlightClient::new(channel);
-        if let Some(t) = token {
-            c.add_header("authorization", &format!("Bearer {t}")).unwrap();
-        }
-        c
-    }
-
-    /// A gateway token for a sample user, through Handshake with Basic credentials.
-    async fn login(&self, user: &str) -> String {
-        let mut c = self.client(None).await;
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{user}-dev-password"));
-        c.add_header("authorization", &format!("Basic {basic}")).unwrap();
-        let payload = c.handshake(bytes::Bytes::new()).await.unwrap();
-        String::from_utf8(payload.to_vec()).unwrap()
-    }
-
-    async fn audit_log(&self) -> String {
-        self.gateway().audit().unwrap().flush().await;
-        std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap()
-    }
-
-    /// Stops the gateway (flushing the audit log); returns the folder it used.
-    async fn stop(mut self) -> tempfile::TempDir {
-        self.gateway.take().unwrap().shutdown().await.unwrap();
-        self.dir
-    }
-}
 
 fn sign(alg: Algorithm, key_file: &str, claims: Value, kid: Option<&str>) -> String {
     let bytes = std::fs::read(format!("{KEYS}/{key_file}")).unwrap();
@@ -121,23 +43,6 @@ fn with(mut c: Value, key: &str, v: Value) -> Value {
     c
 }
 
-async fn read_all(c: &mut FlightClient, d: FlightDescriptor) -> Result<Vec<RecordBatch>, tonic::Status> {
-    let info = c.get_flight_info(d).await.map_err(status)?;
-    let mut out = vec![];
-    for e in info.endpoint {
-        let s = c.do_get(e.ticket.unwrap()).await.map_err(status)?;
-        out.extend(s.try_collect::<Vec<_>>().await.map_err(status)?);
-    }
-    Ok(out)
-}
-
-fn path(d: &str, p: &str) -> FlightDescriptor {
-    FlightDescriptor::new_path(vec![d.into(), p.into()])
-}
-
-fn query(q: Value) -> FlightDescriptor {
-    FlightDescriptor::new_cmd(q.to_string())
-}
 
 #[tokio::test]
 async fn without_valid_credentials_nothing_is_served_and_every_failure_is_audited() {

@@ -19,7 +19,7 @@ use datafusion::execution::session_state::SessionState;
 use meshgate_adapters::AdapterRegistry;
 use serde::Serialize;
 
-use crate::governance::Governance;
+use crate::governance::{Governance, Rules};
 
 mod load;
 pub mod manifest;
@@ -147,7 +147,11 @@ impl Catalog {
             governance,
             builtins: std::sync::Mutex::new(Vec::new()),
         };
-        catalog.reload().await?;
+        let report = catalog.reload().await?;
+        if let Some(problem) = report.governance_problem {
+            // At startup there are no rules that worked before to fall back on.
+            return Err(Error::Governance(problem));
+        }
         Ok(catalog)
     }
 
@@ -198,16 +202,46 @@ impl Catalog {
         let _guard = self.reload_lock.lock().await;
         let old = self.snapshot();
         let mut governance_problem = None;
-        if let Some(g) = &self.governance {
-            if let Err(e) = g.reload() {
-                tracing::warn!(error = %e, "governance refused; the rules in force stay");
+        let prepared = match self.governance.as_ref().map(|g| g.prepare()) {
+            Some(Err(e)) => {
                 governance_problem = Some(e.to_string());
+                None
             }
-        }
+            Some(Ok(rules)) => Some(rules),
+            None => None,
+        };
         let folders = product_folders(&self.loader.mesh_dir)?;
-        let mut entries = BTreeMap::new();
+        let mut loaded = Vec::new();
         for ((domain, name), dir) in folders {
-            let entry = match self.loader.load_product(&domain, &name, &dir).await {
+            let product = self.loader.load_product(&domain, &name, &dir).await;
+            loaded.push(((domain, name), product));
+        }
+        // New governance files go in force only if their row filters fit the products.
+        let prepared = prepared.and_then(|rules| {
+            let products = loaded.iter().filter_map(|(_, p)| p.as_ref().ok());
+            match Governance::check(&rules, &self.loader.state, products) {
+                Ok(()) => Some(rules),
+                Err(e) => {
+                    governance_problem = Some(e.to_string());
+                    None
+                }
+            }
+        });
+        if let Some(problem) = &governance_problem {
+            tracing::warn!(error = %problem, "governance refused; the rules in force stay");
+        }
+        let in_force = match (&self.governance, &prepared) {
+            (_, Some(rules)) => Some(RulesRef::New(rules)),
+            (Some(g), None) => Some(RulesRef::Current(g.rules())),
+            (None, None) => None,
+        };
+        let mut entries = BTreeMap::new();
+        for ((domain, name), product) in loaded {
+            let product = product.and_then(|p| match &in_force {
+                Some(rules) => check_classifications(rules.get(), p),
+                None => Ok(p),
+            });
+            let entry = match product {
                 Ok(p) => Entry { product: Some(Arc::new(p)), problems: vec![] },
                 Err(problems) => {
                     let last_good = old.entries.get(&(domain.clone(), name.clone())).and_then(|e| e.product.clone());
@@ -234,11 +268,50 @@ impl Catalog {
                 .map(|((d, p), e)| (format!("{d}/{p}"), e.problems.clone()))
                 .collect(),
         };
+        if let (Some(g), Some(rules)) = (&self.governance, prepared) {
+            g.install(rules);
+        }
         self.state.store(Arc::new(CatalogState { entries, generation }));
         self.generation.send_replace(generation);
         tracing::info!(generation, available = report.available, refused = report.problems.len(), "catalog loaded");
         Ok(report)
     }
+}
+
+/// The rules a reload checks products against: the new ones, or those still in force.
+enum RulesRef<'a> {
+    New(&'a Rules),
+    Current(Arc<Rules>),
+}
+
+impl RulesRef<'_> {
+    fn get(&self) -> &Rules {
+        match self {
+            RulesRef::New(r) => r,
+            RulesRef::Current(r) => r,
+        }
+    }
+}
+
+/// Refuses a product whose contracts use classifications governance does not know.
+fn check_classifications(rules: &Rules, product: Product) -> Result<Product, Vec<Problem>> {
+    let unknown = Governance::unknown_classifications(rules, &product);
+    if unknown.is_empty() {
+        return Ok(product);
+    }
+    let known = Governance::vocabulary(rules).join(", ");
+    Err(unknown
+        .into_iter()
+        .map(|(port, column, classification)| Problem {
+            file: format!("{}/{}/{port}.odcs.yaml", product.domain, product.name),
+            field: format!("schema[0].properties[{column}].classification"),
+            message: format!(
+                "classification `{}` is not in the governance vocabulary (matched exactly): {known}; \
+                 use one of them, or ask governance to add it to `classifications` in _governance/governance.yaml",
+                crate::text::clip(&classification)
+            ),
+        })
+        .collect())
 }
 
 /// `(domain, product) -> folder` for every folder holding a product manifest. Folders starting

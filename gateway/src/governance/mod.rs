@@ -9,6 +9,7 @@
 //! `<mesh>/<domain>/_governance.yaml` (domain):
 //!
 //! ```yaml
+//! classifications: [public, internal, pii, confidential, restricted]  # the vocabulary (global only)
 //! masks: {pii: redact, confidential: "null"}     # classification -> strategy (global only)
 //! hash_salt_env: MESHGATE_MASK_SALT              # salt of the `hash` strategy (global only)
 //! row_filters:
@@ -16,6 +17,13 @@
 //!     except_roles: [sales_admin, auditor]       # or `roles: [...]`: who the filter applies to
 //!     filter: "region = principal.region"        # SQL over the product's columns
 //! ```
+//!
+//! Classifications are matched exactly (case-sensitive). A contract may use only the vocabulary:
+//! the built-in `public` and `internal`, the `classifications` listed and the keys of `masks`;
+//! anything else refuses the product at load. Every classified column asks the policy for
+//! `read_unmasked`; a caller without it gets the classification's mask, or, when none is set, no
+//! column at all (`deny_column`): masking fails closed. Row filters are parsed and type-checked
+//! against their products before new governance files are put in force.
 //!
 //! `principal.<attr>` in a filter is replaced, in the parsed syntax tree, by a literal of the
 //! caller's attribute (`subject`, `domain`, `purpose`, `clearance` or a mapped claim); a missing
@@ -28,8 +36,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use arrow::datatypes::DataType;
 use datafusion::common::DFSchema;
-use datafusion::logical_expr::{Expr, col};
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::{Expr, ExprSchemable, col};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Value as SqlValue, visit_expressions_mut};
 use serde::Deserialize;
@@ -63,8 +73,10 @@ pub enum Error {
         message: String,
     },
     /// A row filter does not fit its product.
-    #[error("row filter `{filter}` of `{product}` is invalid: {message}")]
+    #[error("{file}: row filter `{filter}` of `{product}` is invalid: {message}")]
     RowFilter {
+        /// The governance file holding it.
+        file: String,
         /// Product.
         product: String,
         /// The filter.
@@ -80,6 +92,8 @@ pub enum Error {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GovernanceFile {
+    #[serde(default)]
+    classifications: Vec<String>,
     #[serde(default)]
     masks: BTreeMap<String, MaskStrategy>,
     #[serde(default)]
@@ -102,6 +116,9 @@ pub struct RowFilterRule {
     pub except_roles: Vec<String>,
     /// SQL boolean expression over the product's columns and `principal.<attr>`.
     pub filter: String,
+    /// The governance file the rule is written in, relative to the mesh.
+    #[serde(skip)]
+    pub file: String,
 }
 
 impl RowFilterRule {
@@ -111,10 +128,19 @@ impl RowFilterRule {
     }
 }
 
-/// Everything in force at one time.
+/// Classifications every mesh knows without declaring them: no mask is needed for them by
+/// default, but they still ask `read_unmasked` like any other.
+pub const BUILTIN_CLASSIFICATIONS: &[&str] = &["public", "internal"];
+
+/// Everything in force at one time: policies, the classification vocabulary, masks, the hash
+/// salt and row filters, loaded together and checked against the products before they are put
+/// in force ([`Governance::prepare`], [`Governance::check`], [`Governance::install`]).
 #[derive(Debug)]
-struct Rules {
+pub struct Rules {
     policies: Policies,
+    /// Classifications contracts may use: the built-in ones, `classifications` and the keys of
+    /// `masks` in the global file. Matched exactly (case-sensitive).
+    vocabulary: std::collections::BTreeSet<String>,
     masks: BTreeMap<String, MaskStrategy>,
     salt: String,
     /// Row filters by `domain/product`.
@@ -150,18 +176,30 @@ fn read_file(path: &Path, rel: &str) -> Result<GovernanceFile> {
     }
 }
 
+const GLOBAL_FILE: &str = "_governance/governance.yaml";
+
 fn load_rules(mesh: &Path) -> Result<Rules> {
     let policies = Policies::load(mesh)?;
-    let global = read_file(&mesh.join("_governance/governance.yaml"), "_governance/governance.yaml")?;
+    let global = read_file(&mesh.join(GLOBAL_FILE), GLOBAL_FILE)?;
+    let config = |message: String| Error::Config { file: GLOBAL_FILE.into(), message };
     let salt = match &global.hash_salt_env {
-        Some(var) => std::env::var(var).map_err(|_| Error::Config {
-            file: "_governance/governance.yaml".into(),
-            message: format!("hash_salt_env: variable {var} is not set"),
-        })?,
+        Some(var) => std::env::var(var).map_err(|_| config(format!("hash_salt_env: variable {var} is not set")))?,
         None => String::new(),
     };
+    if salt.is_empty() && global.masks.values().any(|m| *m == MaskStrategy::Hash) {
+        return Err(config(
+            "the `hash` mask needs a secret salt (unsalted hashes of names and emails are reversed by a dictionary): \
+             set `hash_salt_env` to a variable holding one"
+                .into(),
+        ));
+    }
+    let mut vocabulary: std::collections::BTreeSet<String> =
+        BUILTIN_CLASSIFICATIONS.iter().map(|c| c.to_string()).collect();
+    vocabulary.extend(global.classifications.iter().cloned());
+    vocabulary.extend(global.masks.keys().cloned());
     let mut row_filters: BTreeMap<String, Vec<RowFilterRule>> = BTreeMap::new();
-    for r in global.row_filters {
+    for mut r in global.row_filters {
+        r.file = GLOBAL_FILE.into();
         row_filters.entry(r.product.clone()).or_default().push(r);
     }
     for d in std::fs::read_dir(mesh).into_iter().flatten().flatten() {
@@ -177,11 +215,31 @@ fn load_rules(mesh: &Path) -> Result<Rules> {
                 message: "masks are set globally; a domain file holds only row_filters".into(),
             });
         }
-        for r in f.row_filters {
+        for mut r in f.row_filters {
+            r.file = rel.clone();
             row_filters.entry(format!("{domain}/{}", r.product)).or_default().push(r);
         }
     }
-    Ok(Rules { policies, masks: global.masks, salt, row_filters })
+    Ok(Rules { policies, vocabulary, masks: global.masks, salt, row_filters })
+}
+
+/// Parses a row filter and binds `principal.<attr>` to `p`'s attributes, typed against `contract`.
+fn row_filter_expr(state: &SessionState, rule: &RowFilterRule, p: &Principal, contract: &DFSchema) -> Result<Expr> {
+    let bad = |message: String| Error::RowFilter {
+        file: rule.file.clone(),
+        product: rule.product.clone(),
+        filter: crate::text::clip(&rule.filter),
+        message,
+    };
+    crate::query::EXPRESSION_LIMITS.check("the row filter", &rule.filter).map_err(|e| bad(e.to_string()))?;
+    let dialect = state.config().options().sql_parser.dialect;
+    let mut parsed = state.sql_to_expr_with_alias(&rule.filter, &dialect).map_err(|e| bad(e.to_string()))?;
+    bind_principal(&mut parsed.expr, p);
+    let expr = state.create_logical_expr_from_sql_expr(parsed, contract).map_err(|e| bad(e.to_string()))?;
+    match expr.get_type(contract).map_err(|e| bad(e.to_string()))? {
+        DataType::Boolean | DataType::Null => Ok(expr),
+        other => Err(bad(format!("it is of type {other}; a row filter is a boolean expression"))),
+    }
 }
 
 /// Replaces `principal.<attr>` with the caller's attribute, in the syntax tree.
@@ -214,13 +272,63 @@ impl Governance {
         })
     }
 
-    /// Loads again; on error the rules in force stay, and the error is returned.
-    pub fn reload(&self) -> Result<String> {
-        let rules = load_rules(&self.mesh)?;
+    /// Reads the governance files again, without putting them in force.
+    pub fn prepare(&self) -> Result<Rules> {
+        load_rules(&self.mesh)
+    }
+
+    /// Checks `rules` against the products they govern: every row filter parses, names only
+    /// columns of its product's contracts and is boolean. A product that is not loaded is not
+    /// checked (its filters are checked when it appears).
+    pub fn check<'a>(
+        rules: &Rules,
+        state: &SessionState,
+        products: impl IntoIterator<Item = &'a Product>,
+    ) -> Result<()> {
+        let probe = Principal::anonymous();
+        for product in products {
+            for rule in rules.row_filters.get(&product.address()).into_iter().flatten() {
+                for port in &product.ports {
+                    let contract = DFSchema::try_from(Arc::clone(&port.schema))?;
+                    row_filter_expr(state, rule, &probe, &contract)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts `rules` in force.
+    pub fn install(&self, rules: Rules) -> String {
         let version = rules.policies.version.clone();
         self.rules.store(Arc::new(rules));
         self.cache.invalidate_all();
-        Ok(version)
+        version
+    }
+
+    /// The classifications used by `product`'s contracts that `rules` do not know, as
+    /// `(port, column, classification)`.
+    pub fn unknown_classifications(rules: &Rules, product: &Product) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for port in &product.ports {
+            for field in port.schema.fields() {
+                if let Some(c) = field.metadata().get("meshgate.classification")
+                    && !rules.vocabulary.contains(c)
+                {
+                    out.push((port.name.clone(), field.name().clone(), c.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The classification vocabulary of `rules`, sorted.
+    pub fn vocabulary(rules: &Rules) -> Vec<String> {
+        rules.vocabulary.iter().cloned().collect()
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> Arc<Rules> {
+        self.rules.load_full()
     }
 
     /// Version of the rules in force.
@@ -299,17 +407,22 @@ impl Governance {
         let mut masks = Vec::new();
         let mut columns = Vec::new();
         for field in port.schema.fields() {
-            let classification = field.metadata().get("meshgate.classification").map(String::as_str).unwrap_or("");
-            let strategy = match rules.masks.get(classification) {
-                Some(s) if !classification.is_empty() => {
+            // Every classified column asks the policy. Without `read_unmasked`, the column is
+            // masked by its classification's strategy, or not served when there is none: a
+            // classification is never a reason to serve in clear.
+            let strategy = match field.metadata().get("meshgate.classification") {
+                None => None,
+                Some(classification) => {
                     let unmasked = rules.policies.decide(
                         p,
                         Action::ReadUnmasked,
                         &Resource::Column(&attrs, field.name(), classification),
                     )?;
-                    (!unmasked.allowed).then_some(*s)
+                    match unmasked.allowed {
+                        true => None,
+                        false => Some(rules.masks.get(classification).copied().unwrap_or(MaskStrategy::DenyColumn)),
+                    }
                 }
-                _ => None,
             };
             let expr = match strategy {
                 None => Some(col(datafusion::common::Column::new_unqualified(field.name()))),
@@ -327,12 +440,7 @@ impl Governance {
         let contract = DFSchema::try_from(Arc::clone(&port.schema))?;
         let state = ctx.state();
         for rule in rules.row_filters.get(&product.address()).into_iter().flatten().filter(|r| r.applies(p)) {
-            let bad =
-                |message: String| Error::RowFilter { product: product.address(), filter: rule.filter.clone(), message };
-            let dialect = state.config().options().sql_parser.dialect;
-            let mut parsed = state.sql_to_expr_with_alias(&rule.filter, &dialect).map_err(|e| bad(e.to_string()))?;
-            bind_principal(&mut parsed.expr, p);
-            let expr = state.create_logical_expr_from_sql_expr(parsed, &contract).map_err(|e| bad(e.to_string()))?;
+            let expr = row_filter_expr(&state, rule, p, &contract)?;
             applied.push(rule.filter.clone());
             filter = Some(match filter {
                 None => expr,

@@ -1,6 +1,8 @@
 //! Test fixture: a gateway on 127.0.0.1:0 over a temporary mesh, and a real `FlightClient`.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod secure;
+
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
