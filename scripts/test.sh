@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: Rust unit and integration tests, then the Python client tests (pyarrow,
-# pandas, ADBC) against the real `meshgate` binary. Creates ./.venv on first use.
+# pandas) against the real `meshgate` binary. Creates ./.venv on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -105,3 +105,25 @@ async fn a_hash_mask_without_a_salt_is_refused() {
     let e = meshgate::Gateway::bind(config, Default::default()).await.unwrap_err();
     assert!(e.to_string().contains("needs a secret salt"), "{e}");
 }
+
+#[tokio::test]
+async fn describe_shows_no_count_that_a_row_filter_or_a_mask_would_hide() {
+    let s = Secure::start().await;
+    let describe = |token: String| {
+        let s = &s;
+        async move {
+            let mut c = s.client(Some(&token)).await;
+            let out = c.do_action(arrow_flight::Action::new("describe", "sales/orders")).await.unwrap();
+            let body: Vec<bytes::Bytes> = futures::TryStreamExt::try_collect(out).await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body[0]).unwrap();
+            v["product"]["ports"][0]["total_records"].as_i64().unwrap()
+        }
+    };
+    // bob's row filter keeps AMER rows only; the whole table's count is not his to learn.
+    assert_eq!(describe(s.login("bob").await).await, -1);
+    let bob_rows = common::rows(&read_all(&mut s.client(Some(&s.login("bob").await)).await, path("sales", "orders")).await.unwrap());
+    assert!(bob_rows < 4000);
+    // carol sees every row and every column in clear: she gets the exact count.
+    assert_eq!(describe(s.login("carol").await).await, 4000);
+    s.stop().await;
+}

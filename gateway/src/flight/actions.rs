@@ -23,17 +23,23 @@ pub const ACTIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Whether the caller may see a port's exact row count: not when a row filter or a mask would
+/// hide rows or values from it (a count is then information the rows would not give).
+pub type ShowsCounts<'a> = &'a (dyn Fn(&Product, &Arc<Port>) -> bool + Sync);
+
 /// Runs action `name` with `body`; returns the result body.
-/// `visible` says which products the caller may learn of; `may_admin` whether it may reload.
+/// `visible` says which products the caller may learn of; `may_admin` whether it may reload;
+/// `counts` whether it may see a port's row count.
 pub async fn run(
     catalog: &Arc<Catalog>,
     name: &str,
     body: &[u8],
     visible: Visibility<'_>,
+    counts: ShowsCounts<'_>,
     may_admin: bool,
 ) -> Result<Vec<u8>> {
     let value = match name {
-        "describe" => describe(catalog, body, visible)?,
+        "describe" => describe(catalog, body, visible, counts)?,
         "health" => health(catalog, visible).await,
         "reload" if may_admin => {
             serde_json::to_value(catalog.reload().await?).map_err(|e| Error::Internal(e.to_string()))?
@@ -76,14 +82,14 @@ fn target(body: &[u8]) -> Result<(String, String, Option<String>)> {
     }
 }
 
-fn describe(catalog: &Catalog, body: &[u8], visible: Visibility<'_>) -> Result<Value> {
+fn describe(catalog: &Catalog, body: &[u8], visible: Visibility<'_>, counts: ShowsCounts<'_>) -> Result<Value> {
     let (domain, name, port) = target(body)?;
     let snapshot = catalog.snapshot();
     match snapshot.resolve_visible(&domain, &name, port.as_deref(), visible) {
         Ok((p, port)) => {
             let problems = snapshot.entries.get(&(domain, name)).map(|e| e.problems.clone()).unwrap_or_default();
             Ok(json!({
-                "product": product_json(&p),
+                "product": product_json(&p, counts),
                 "port": port.name,
                 "contract": contract_json(&port),
                 "status": if problems.is_empty() { "available" } else { "serving_last_good" },
@@ -103,7 +109,7 @@ fn describe(catalog: &Catalog, body: &[u8], visible: Visibility<'_>) -> Result<V
     }
 }
 
-fn product_json(p: &Product) -> Value {
+fn product_json(p: &Product, counts: ShowsCounts<'_>) -> Value {
     json!({
         "address": p.address(),
         "domain": p.domain,
@@ -120,7 +126,8 @@ fn product_json(p: &Product) -> Value {
             "version": x.version,
             "contract_id": x.contract.id,
             "contract_version": x.contract.version,
-            "total_records": x.total_records,
+            // -1, as in FlightInfo: not known to this caller.
+            "total_records": if counts(p, x) { x.total_records } else { -1 },
         })).collect::<Vec<_>>(),
         "odps": public_document(&p.document),
     })

@@ -535,7 +535,14 @@ impl FlightService for MeshFlightService {
         let gov = self.catalog.governance();
         let vis = |_: &str, _: &str, prod: Option<&Product>| Self::visible(gov, &p, prod);
         let may_admin = gov.is_none_or(|g| g.may_admin(&p));
-        let body = actions::run(&self.catalog, &action.r#type, &action.body, &vis, may_admin).await?;
+        let generation = self.catalog.snapshot().generation;
+        let counts = |product: &Product, port: &Arc<Port>| match gov {
+            None => true,
+            Some(g) => g
+                .access(&self.ctx, &p, product, port, generation)
+                .is_ok_and(|a| a.table.is_some() && a.row_filters.is_empty() && a.masks.is_empty()),
+        };
+        let body = actions::run(&self.catalog, &action.r#type, &action.body, &vis, &counts, may_admin).await?;
         let result = arrow_flight::Result { body: body.into() };
         Ok(Response::new(futures::stream::once(async { Ok(result) }).boxed()))
     }
