@@ -160,7 +160,7 @@ def main():
         write_mesh(mesh, "lineitem_ipc", ipc, "arrow")
         write_mesh(mesh, "lineitem", parquet, "parquet")
         meshgate = [args.meshgate, "--log-format", "json", "serve", "--insecure-no-auth", "--no-watch",
-                    "--mesh", str(mesh), "--listen", "127.0.0.1:0", *args.meshgate_arg]
+                    "--mesh", str(mesh), "--listen", "127.0.0.1:0", "--storage-root", str(HERE / "data"), *args.meshgate_arg]
         peer = [sys.executable, str(HERE / "peer_server.py")]
         servers = [
             ("pyarrow C++ Flight, IPC file memory-mapped", [*peer, str(ipc), "mmap"], flight.FlightDescriptor.for_path("lineitem")),

@@ -170,18 +170,40 @@ impl FilesBinding {
     }
 }
 
-/// Resolves a binding's location to a listing URL. Relative paths are joined to `product_dir`
-/// and may not climb out of it.
-pub fn resolve_location(location: &str, product_dir: &Path) -> Result<ListingTableUrl> {
+/// Resolves a binding's location to a listing URL. Relative paths are joined to the product
+/// folder and may not climb out of it; local paths (relative, absolute or `file://`) must lie
+/// inside the product folder or a configured storage root ([`OpenContext::allows`]).
+pub fn resolve_location(location: &str, ctx: &OpenContext) -> Result<ListingTableUrl> {
     if location.trim().is_empty() {
         return Err(Error::InvalidBinding(
             "location is empty; give a file or folder relative to the product folder, e.g. `data/`".into(),
         ));
     }
+    let outside = || {
+        Error::InvalidBinding(format!(
+            "location `{location}` is outside the product folder and the storage roots the operator \
+             allows (--storage-root); keep the data in the product folder or ask the operator to add its folder"
+        ))
+    };
     if location.contains("://") {
-        return Ok(ListingTableUrl::parse(location)?);
+        let url = ListingTableUrl::parse(location)?;
+        if url.scheme() == "file" {
+            let path = url::Url::parse(location)
+                .ok()
+                .and_then(|u| u.to_file_path().ok())
+                .ok_or_else(|| Error::InvalidBinding(format!("location `{location}` is not a valid file URL")))?;
+            if path.components().any(|c| c == Component::ParentDir) || !ctx.allows(&path) {
+                return Err(outside());
+            }
+        }
+        return Ok(url);
     }
     let rel = Path::new(location);
+    if rel.components().any(|c| c == Component::ParentDir) {
+        return Err(Error::InvalidBinding(format!(
+            "location `{location}` contains `..`; write the path without it"
+        )));
+    }
     let path: PathBuf = if rel.is_absolute() {
         rel.to_path_buf()
     } else {
@@ -191,8 +213,11 @@ pub fn resolve_location(location: &str, product_dir: &Path) -> Result<ListingTab
                  it or give an absolute path or URL"
             )));
         }
-        product_dir.join(rel)
+        ctx.product_dir.join(rel)
     };
+    if !ctx.allows(&path) {
+        return Err(outside());
+    }
     let mut s = path.to_string_lossy().into_owned();
     if (location.ends_with('/') || path.is_dir()) && !s.ends_with('/') {
         s.push('/');
@@ -214,7 +239,7 @@ impl Adapter for FilesAdapter {
         let Binding::Files(b) = binding else {
             return Err(Error::InvalidBinding(format!("files adapter given a {} binding", binding.kind())));
         };
-        let url = resolve_location(&b.location, &ctx.product_dir)?;
+        let url = resolve_location(&b.location, ctx)?;
         let extension = b.extension();
         let mut options = ListingOptions::new(b.format(&ctx.state)?).with_file_extension(extension.clone());
         let table =
@@ -380,14 +405,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn relative_locations_stay_inside_the_product() {
-        let dir = Path::new("/mesh/sales/orders");
+    fn locations_stay_inside_the_product_or_a_storage_root() {
+        let mesh = tempfile::tempdir().unwrap();
+        let dir = mesh.path().join("sales/orders");
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let state = datafusion::prelude::SessionContext::new().state();
+        let ctx = OpenContext::new(dir.clone(), state);
         for bad in ["../customers/data", "data/../../x", ""] {
-            assert!(matches!(resolve_location(bad, dir), Err(Error::InvalidBinding(_))), "{bad}");
+            assert!(matches!(resolve_location(bad, &ctx), Err(Error::InvalidBinding(_))), "{bad}");
         }
-        let u = resolve_location("data/", dir).unwrap();
-        assert!(u.as_str().ends_with("/mesh/sales/orders/data/"), "{}", u.as_str());
-        let u = resolve_location("file:///srv/x.parquet", dir).unwrap();
-        assert_eq!(u.scheme(), "file");
+        let u = resolve_location("data/", &ctx).unwrap();
+        assert!(u.as_str().ends_with("/sales/orders/data/"), "{}", u.as_str());
+        let elsewhere = root.path().join("x.parquet");
+        let file_url = format!("file://{}", elsewhere.display());
+        for outside in [elsewhere.to_str().unwrap(), file_url.as_str(), "/etc/passwd", "file:///etc/passwd"] {
+            let e = resolve_location(outside, &ctx).unwrap_err();
+            assert!(e.to_string().contains("--storage-root"), "{outside}: {e}");
+        }
+        // A symbolic link inside the product folder pointing outside it is outside.
+        std::os::unix::fs::symlink(root.path(), dir.join("link")).unwrap();
+        assert!(resolve_location("link/x.parquet", &ctx).is_err());
+        let roots: Arc<[PathBuf]> = Arc::from(vec![std::fs::canonicalize(root.path()).unwrap()]);
+        let ctx = ctx.with_storage_roots(roots);
+        assert!(resolve_location(elsewhere.to_str().unwrap(), &ctx).is_ok());
+        assert!(resolve_location(&file_url, &ctx).is_ok());
+        assert!(resolve_location("link/x.parquet", &ctx).is_ok());
+        assert!(resolve_location("/etc/passwd", &ctx).is_err());
+        let sneaky = format!("{}/link/../x.parquet", dir.display());
+        assert!(resolve_location(&sneaky, &ctx).is_err(), "`..` after a link is refused");
     }
 }

@@ -44,14 +44,65 @@ pub struct OpenContext {
     pub state: SessionState,
     /// How string and binary columns are typed in the table's schema.
     pub string_types: StringTypes,
+    /// Folders (canonical) outside the product folder that local bindings may read; see
+    /// [`OpenContext::allows`].
+    pub storage_roots: Arc<[PathBuf]>,
 }
 
 impl OpenContext {
-    /// The context for a product in `product_dir`, read with `state`.
+    /// The context for a product in `product_dir`, read with `state`, allowed to read local
+    /// files only inside `product_dir`.
     pub fn new(product_dir: PathBuf, state: SessionState) -> Self {
         let string_types = StringTypes::of_session(&state);
-        Self { product_dir, state, string_types }
+        Self { product_dir, state, string_types, storage_roots: Arc::from(Vec::new()) }
     }
+
+    /// Also allows local files inside `roots` (canonical paths).
+    pub fn with_storage_roots(mut self, roots: Arc<[PathBuf]>) -> Self {
+        self.storage_roots = roots;
+        self
+    }
+
+    /// Whether a local `path` may be read: it lies (after resolving `..` and symbolic links)
+    /// inside the product folder or one of the storage roots. A domain team's binding can thus
+    /// never name the gateway's own secrets, users file or audit log.
+    pub fn allows(&self, path: &std::path::Path) -> bool {
+        let resolved = resolve(path);
+        std::iter::once(&self.product_dir).chain(self.storage_roots.iter()).any(|root| resolved.starts_with(resolve(root)))
+    }
+}
+
+/// `path` with `..` and symbolic links resolved as far as it exists; the part that does not
+/// exist yet is appended as written (normalized).
+fn resolve(path: &std::path::Path) -> PathBuf {
+    let path = normalize(path);
+    let mut existing = path.as_path();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            let rest = path.strip_prefix(existing).unwrap_or(std::path::Path::new(""));
+            return real.join(rest);
+        }
+        match existing.parent() {
+            Some(parent) => existing = parent,
+            None => return path,
+        }
+    }
+}
+
+/// `path` with `.` and `..` removed lexically.
+fn normalize(path: &std::path::Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 /// How string and binary columns are typed for clients, whatever the storage holds.

@@ -50,6 +50,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "MESHGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// A folder outside the mesh whose files bindings may read by absolute path or `file://`
+    /// URL (repeatable; the variable takes a comma-separated list). Without it, a binding reads
+    /// only inside its own product folder.
+    #[arg(long = "storage-root", env = "MESHGATE_STORAGE_ROOTS", value_delimiter = ',')]
+    pub storage_roots: Vec<PathBuf>,
+
     /// Do not reload the catalog when files under the mesh folder change.
     #[arg(long, env = "MESHGATE_NO_WATCH")]
     pub no_watch: bool,
@@ -113,6 +119,7 @@ impl GatewayConfig {
             allow_plaintext: false,
             shutdown_grace: Duration::from_secs(10),
             no_watch: false,
+            storage_roots: Vec::new(),
             auth: None,
             insecure_no_auth: true,
             audit_log: None,

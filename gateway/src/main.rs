@@ -37,6 +37,9 @@ enum Command {
         /// Mesh folder.
         #[arg(long, default_value = "mesh")]
         mesh: PathBuf,
+        /// A folder outside the mesh that bindings may read (repeatable), as for `serve`.
+        #[arg(long = "storage-root", env = "MESHGATE_STORAGE_ROOTS", value_delimiter = ',')]
+        storage_roots: Vec<PathBuf>,
     },
     /// Work with the bundled sample mesh.
     #[command(subcommand)]
@@ -167,7 +170,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
         Command::Serve(config) => serve(config).await,
-        Command::Check { mesh } => check(&mesh).await,
+        Command::Check { mesh, storage_roots } => check(&mesh, &storage_roots).await,
         Command::Sample(SampleCommand::Write { dir, scale }) => {
             sample::write(&dir, scale).map(|_| ExitCode::SUCCESS).map_err(|e| e.to_string())
         }
@@ -286,10 +289,11 @@ async fn serve(mut config: GatewayConfig) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn check(mesh: &std::path::Path) -> Result<ExitCode, String> {
+async fn check(mesh: &std::path::Path, storage_roots: &[PathBuf]) -> Result<ExitCode, String> {
     let config = GatewayConfig::for_mesh(mesh);
     let ctx = server::session_context(&config).map_err(|e| e.to_string())?;
-    let catalog = Catalog::load(mesh, AdapterRegistry::with_defaults(MemoryAdapter::default()), ctx.state())
+    let registry = AdapterRegistry::with_defaults(MemoryAdapter::default());
+    let catalog = Catalog::load_governed(mesh, registry, ctx.state(), false, storage_roots)
         .await
         .map_err(|e| e.to_string())?;
     let snapshot = catalog.snapshot();

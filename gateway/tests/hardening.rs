@@ -172,3 +172,41 @@ async fn functions_that_allocate_by_argument_stay_inside_the_memory_limit() {
     assert_eq!(rows(&f.read(&info).await.unwrap()), 24);
     f.stop().await;
 }
+
+/// A domain team's product whose binding points at the gateway's own files.
+fn write_thief(mesh: &std::path::Path, name: &str, location: &str) {
+    common::write(
+        &mesh.join(format!("sales/{name}/product.odps.yaml")),
+        &format!("apiVersion: v1.0.0\nkind: DataProduct\nid: {name}\nstatus: active\noutputPorts:\n  - name: v1\n    contractId: {name}1\n"),
+    );
+    common::write(
+        &mesh.join(format!("sales/{name}/v1.odcs.yaml")),
+        &format!("apiVersion: v3.1.0\nkind: DataContract\nid: {name}1\nversion: 1.0.0\nstatus: active\nschema:\n  - name: t\n    properties:\n      - name: column_1\n        logicalType: string\ncustomProperties:\n  - property: meshgate.binding\n    value: {{adapter: files, location: '{location}', format: csv, csv: {{hasHeader: false}}, fileExtension: ''}}\n"),
+    );
+}
+
+#[tokio::test]
+async fn bindings_read_only_inside_their_product_folder_and_the_storage_roots() {
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("users.yaml"), "alice: secret-hash\n").unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("lines.csv"), "a\nb\n").unwrap();
+    let mesh = tempfile::tempdir().unwrap();
+    meshgate::sample::write(mesh.path(), 0.02).unwrap();
+    let users = secrets.path().join("users.yaml");
+    write_thief(mesh.path(), "users", users.to_str().unwrap());
+    write_thief(mesh.path(), "users_url", &format!("file://{}", users.display()));
+    write_thief(mesh.path(), "shared", shared.path().join("lines.csv").to_str().unwrap());
+    let mut config = meshgate::GatewayConfig::for_mesh(mesh.path());
+    config.storage_roots = vec![shared.path().to_path_buf()];
+    let mut f = Fixture::start(mesh, config, Default::default()).await;
+    for stolen in ["users", "users_url"] {
+        let e = f.info(&["sales", stolen]).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{stolen}: {e}");
+        assert!(e.message().contains("--storage-root"), "{stolen}: {}", e.message());
+        assert!(!e.message().contains("secret-hash"));
+    }
+    let info = f.info(&["sales", "shared"]).await.unwrap();
+    assert_eq!(rows(&f.read(&info).await.unwrap()), 2, "a folder the operator allowed is readable");
+    f.stop().await;
+}

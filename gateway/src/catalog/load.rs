@@ -40,6 +40,8 @@ pub(crate) struct Loader {
     pub(crate) mesh_dir: PathBuf,
     pub(crate) registry: AdapterRegistry,
     pub(crate) state: SessionState,
+    /// Folders outside product folders that bindings may read (canonical).
+    pub(crate) storage_roots: Arc<[PathBuf]>,
 }
 
 struct Problems {
@@ -57,6 +59,11 @@ impl Problems {
 }
 
 impl Loader {
+    /// What an adapter may use to open (or check) a binding of the product in `dir`.
+    pub(crate) fn open_context(&self, dir: &Path) -> OpenContext {
+        OpenContext::new(dir.to_path_buf(), self.state.clone()).with_storage_roots(Arc::clone(&self.storage_roots))
+    }
+
     fn rel(&self, p: &Path) -> String {
         p.strip_prefix(&self.mesh_dir).unwrap_or(p).to_string_lossy().into_owned()
     }
@@ -245,7 +252,7 @@ impl Loader {
         let Some(binding) = binding.filter(|_| p.list.is_empty()) else {
             return Err(p.list);
         };
-        let ctx = OpenContext::new(dir.to_path_buf(), self.state.clone());
+        let ctx = self.open_context(dir);
         let table = match self.registry.open(&binding, &ctx).await {
             Ok(t) => t,
             Err(e) => {

@@ -121,26 +121,35 @@ impl Catalog {
     /// Loads every product under `mesh_dir`. Fails only when the folder cannot be read; broken
     /// products are listed as unavailable.
     pub async fn load(mesh_dir: &Path, registry: AdapterRegistry, state: SessionState) -> Result<Self> {
-        Self::load_governed(mesh_dir, registry, state, false).await
+        Self::load_governed(mesh_dir, registry, state, false, &[]).await
     }
 
     /// Like [`Catalog::load`], also loading the mesh's governance (policies, masks, row
-    /// filters) when `governed`; reloads then reload both.
+    /// filters) when `governed`; reloads then reload both. Bindings may read local files in
+    /// their product folder and in `storage_roots`.
     pub async fn load_governed(
         mesh_dir: &Path,
         registry: AdapterRegistry,
         state: SessionState,
         governed: bool,
+        storage_roots: &[PathBuf],
     ) -> Result<Self> {
         let mesh_dir = std::fs::canonicalize(mesh_dir)
             .map_err(|e| Error::MeshUnreadable(format!("{} ({})", mesh_dir.display(), e.kind())))?;
+        let storage_roots = storage_roots
+            .iter()
+            .map(|r| {
+                std::fs::canonicalize(r)
+                    .map_err(|e| Error::MeshUnreadable(format!("storage root {} ({})", r.display(), e.kind())))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let governance = if governed {
             Some(Arc::new(Governance::load(&mesh_dir).map_err(|e| Error::Governance(e.to_string()))?))
         } else {
             None
         };
         let catalog = Self {
-            loader: Loader { mesh_dir, registry, state },
+            loader: Loader { mesh_dir, registry, state, storage_roots: Arc::from(storage_roots) },
             state: ArcSwap::from_pointee(CatalogState::default()),
             reload_lock: tokio::sync::Mutex::new(()),
             generation: tokio::sync::watch::Sender::new(0),
@@ -168,6 +177,11 @@ impl Catalog {
     /// The session state tables were opened with.
     pub fn session_state(&self) -> &SessionState {
         &self.loader.state
+    }
+
+    /// What an adapter may use to open (or check) a binding of the product in `product_dir`.
+    pub fn open_context(&self, product_dir: &Path) -> meshgate_adapters::OpenContext {
+        self.loader.open_context(product_dir)
     }
 
     /// Adds a product served by the gateway itself (like `_governance/audit`); it stays in every

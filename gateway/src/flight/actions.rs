@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use meshgate_adapters::{Health, OpenContext};
+use meshgate_adapters::Health;
 use serde_json::{Value, json};
 
 use super::error::{Error, Result};
@@ -183,7 +183,7 @@ async fn health(catalog: &Catalog, visible: Visibility<'_>) -> Value {
         let mut ports = Vec::new();
         if let Some(p) = &entry.product {
             for port in &p.ports {
-                let ctx = OpenContext::new(port.product_dir.clone(), catalog.session_state().clone());
+                let ctx = catalog.open_context(&port.product_dir);
                 let h = catalog.registry().health(&port.binding, &port.table, &ctx).await;
                 degraded |= h != Health::Ok;
                 ports.push(json!({"port": port.name, "health": h}));
