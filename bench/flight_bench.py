@@ -44,7 +44,7 @@ def prepare(scale: str, data: Path) -> tuple[Path, Path]:
         tmp = ipc.with_suffix(".tmp")
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, pf.schema_arrow) as writer:
             for batch in pf.iter_batches(batch_size=65_536):
-                writer.write_batch(batch, max_chunksize=65_536)
+                writer.write_batch(batch)
         tmp.rename(ipc)
     return parquet, ipc
 

@@ -245,6 +245,7 @@ fn add_user(
             purpose: p.purpose,
             clearance: p.clearance,
             attributes: p.attributes,
+            disabled: false,
         },
     );
     users.save(file).map_err(|e| e.to_string())?;

@@ -33,6 +33,10 @@ pub struct AuthConfig {
     /// Clock skew allowed when checking `exp` and `nbf`, in seconds; capped at 30.
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
+    /// Longest lifetime (`exp` minus `iat`, or minus now without `iat`) a bearer token may have;
+    /// longer ones are refused, whoever signed them.
+    #[serde(default = "day", deserialize_with = "duration")]
+    pub max_token_lifetime: Duration,
     /// The gateway's own tokens.
     pub gateway: GatewayTokenConfig,
     /// Users allowed to exchange Basic credentials for a gateway token in `Handshake`.
@@ -69,6 +73,18 @@ pub struct GatewayTokenConfig {
     /// Lifetime of a token from `Handshake`.
     #[serde(default = "hour", deserialize_with = "duration")]
     pub ttl: Duration,
+    /// How long a session may last from the original authentication, however often its token
+    /// is renewed with `Handshake`.
+    #[serde(default = "twelve_hours", deserialize_with = "duration")]
+    pub max_session: Duration,
+}
+
+fn day() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn twelve_hours() -> Duration {
+    Duration::from_secs(12 * 3600)
 }
 
 fn meshgate() -> String {

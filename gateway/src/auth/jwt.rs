@@ -83,6 +83,7 @@ pub struct GatewayTokens {
     issuer: String,
     audience: String,
     ttl: Duration,
+    max_session: Duration,
 }
 
 impl std::fmt::Debug for GatewayTokens {
@@ -94,22 +95,61 @@ impl std::fmt::Debug for GatewayTokens {
 impl GatewayTokens {
     /// Tokens signed with `secret`.
     pub fn new(secret: &[u8], issuer: &str, audience: &str, ttl: Duration) -> Self {
-        Self { key: EncodingKey::from_secret(secret), issuer: issuer.into(), audience: audience.into(), ttl }
+        let key = EncodingKey::from_secret(secret);
+        Self { key, issuer: issuer.into(), audience: audience.into(), ttl, max_session: ttl }
     }
 
-    /// A token for `p`, valid for `ttl` (the configured lifetime when `None`).
+    /// Caps sessions renewed with [`GatewayTokens::renew`] at `max_session` from the original
+    /// authentication.
+    pub fn with_max_session(mut self, max_session: Duration) -> Self {
+        self.max_session = max_session;
+        self
+    }
+
+    /// The issuer of the gateway's tokens.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// A token for `p`, who has just authenticated (a password, the command line), valid for
+    /// `ttl` (the configured lifetime when `None`).
     pub fn issue(&self, p: &Principal, ttl: Option<Duration>) -> Result<String> {
         let now = now_secs();
+        self.sign(p, now, now + ttl.unwrap_or(self.ttl).as_secs())
+    }
+
+    /// A fresh token for `p`, who authenticated earlier with a bearer token: it never outlives
+    /// the credential presented, nor `max_session` after the original authentication, and it
+    /// keeps the original issuer as part of the identity (an identity provider's `alice` stays
+    /// that provider's `alice`, never the gateway's own).
+    pub fn renew(&self, p: &Principal) -> Result<String> {
+        let now = now_secs();
+        let auth_time = if p.auth_time > 0 { p.auth_time } else { now };
+        let mut exp = (now + self.ttl.as_secs()).min(auth_time + self.max_session.as_secs());
+        if p.expires_at > 0 {
+            exp = exp.min(p.expires_at);
+        }
+        if exp <= now {
+            return Err(Error::Expired);
+        }
+        self.sign(&Principal { auth_time, ..p.clone() }, now, exp)
+    }
+
+    fn sign(&self, p: &Principal, now: u64, exp: u64) -> Result<String> {
         let mut claims = json!({
             "iss": self.issuer,
             "aud": self.audience,
             "sub": p.subject,
             "iat": now,
             "nbf": now,
-            "exp": now + ttl.unwrap_or(self.ttl).as_secs(),
+            "exp": exp,
+            "auth_time": if p.auth_time > 0 { p.auth_time } else { now },
             "roles": p.roles,
             "groups": p.groups,
         });
+        if p.issuer != self.issuer {
+            claims[ORIGINAL_ISSUER] = json!(p.issuer);
+        }
         for (k, v) in [("domain", &p.domain), ("purpose", &p.purpose), ("clearance", &p.clearance)] {
             if let Some(v) = v {
                 claims[k] = json!(v);
@@ -122,15 +162,34 @@ impl GatewayTokens {
     }
 }
 
+/// Claim of a gateway token naming the issuer that originally vouched for its subject. Read
+/// only from tokens the gateway signed.
+const ORIGINAL_ISSUER: &str = "meshgate_orig_iss";
+
 /// Verifies credentials: bearer JWTs (any trusted issuer, the gateway included) and Basic users.
 pub struct Authenticator {
     issuers: HashMap<String, Issuer>,
     leeway: u64,
+    max_lifetime: Duration,
     cache: moka::sync::Cache<[u8; 32], Arc<Principal>>,
     tokens: GatewayTokens,
     users: Users,
+    users_file: Option<std::path::PathBuf>,
     certs: CertIdentities,
+    /// Password checks in flight: argon2 is deliberately slow, so it runs off the async runtime
+    /// and at most this many at once.
+    hashing: Arc<tokio::sync::Semaphore>,
+    /// Failed logins per `user:<name>` and `addr:<ip>` in the current window.
+    failures: moka::sync::Cache<String, Arc<std::sync::atomic::AtomicU32>>,
 }
+
+/// Password checks running at once.
+const CONCURRENT_HASHES: usize = 2;
+/// Window over which failed logins are counted.
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Failed logins per user, and per source address, in one window before logins are refused.
+const MAX_FAILURES_PER_USER: u32 = 5;
+const MAX_FAILURES_PER_SOURCE: u32 = 20;
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -274,7 +333,7 @@ impl Authenticator {
     pub async fn from_config(cfg: &AuthConfig) -> Result<Self> {
         let secret = cfg.gateway_secret()?;
         let g = &cfg.gateway;
-        let tokens = GatewayTokens::new(&secret, &g.issuer, &g.audience, g.ttl);
+        let tokens = GatewayTokens::new(&secret, &g.issuer, &g.audience, g.ttl).with_max_session(g.max_session);
         let mut issuers = HashMap::new();
         let gateway = Issuer {
             audiences: vec![g.audience.clone()],
@@ -302,9 +361,13 @@ impl Authenticator {
             certs,
             issuers,
             leeway: cfg.leeway_seconds.min(30),
+            max_lifetime: cfg.max_token_lifetime,
             cache: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(300)).build(),
             tokens,
             users,
+            users_file: cfg.users_file.clone(),
+            hashing: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_HASHES)),
+            failures: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(FAILURE_WINDOW).build(),
         })
     }
 
@@ -318,9 +381,68 @@ impl Authenticator {
         self.certs.principal(der)
     }
 
-    /// Checks Basic credentials against the users file.
-    pub fn verify_basic(&self, user: &str, password: &str) -> Result<Principal> {
-        self.users.verify(user, password, &self.tokens.issuer)
+    /// The users as the users file says now (it is read again, so removed or disabled users
+    /// take effect without a restart); the users loaded at start when there is no file.
+    fn current_users(&self) -> Result<Users> {
+        match &self.users_file {
+            Some(f) => Users::load(f),
+            None => Ok(self.users.clone()),
+        }
+    }
+
+    /// Checks Basic credentials against the users file, off the async runtime and at most
+    /// [`CONCURRENT_HASHES`] at a time. Failed logins are counted per user and per `source`;
+    /// past the limit every attempt is refused for the rest of the window, without hashing.
+    pub async fn verify_basic(&self, user: &str, password: &str, source: Option<std::net::IpAddr>) -> Result<Principal> {
+        let keys: Vec<(String, u32)> = std::iter::once((format!("user:{user}"), MAX_FAILURES_PER_USER))
+            .chain(source.map(|a| (format!("addr:{a}"), MAX_FAILURES_PER_SOURCE)))
+            .collect();
+        let over = |k: &str, limit: u32| {
+            self.failures.get(k).is_some_and(|n| n.load(std::sync::atomic::Ordering::Relaxed) >= limit)
+        };
+        if keys.iter().any(|(k, limit)| over(k, *limit)) {
+            return Err(Error::TooManyAttempts(FAILURE_WINDOW.as_secs()));
+        }
+        let permit = Arc::clone(&self.hashing).acquire_owned().await.map_err(|_| Error::Config("shutting down".into()))?;
+        // Checked again: attempts that queued behind a flood are refused without hashing.
+        if keys.iter().any(|(k, limit)| over(k, *limit)) {
+            return Err(Error::TooManyAttempts(FAILURE_WINDOW.as_secs()));
+        }
+        let users = self.current_users()?;
+        let (user_owned, password, issuer) = (user.to_string(), password.to_string(), self.tokens.issuer.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            users.verify(&user_owned, &password, &issuer)
+        })
+        .await
+        .map_err(|e| Error::Config(format!("password check failed: {e}")))?;
+        match checked {
+            Ok(mut p) => {
+                p.auth_time = now_secs();
+                Ok(p)
+            }
+            Err(e) => {
+                for (k, _) in &keys {
+                    self.failures
+                        .get_with(k.clone(), || Arc::new(std::sync::atomic::AtomicU32::new(0)))
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A renewed gateway token for `p`, who called `Handshake` with a bearer token. A user of
+    /// the gateway's own users file must still be there and enabled.
+    pub fn renew(&self, p: &Principal) -> Result<String> {
+        if p.issuer == self.tokens.issuer && p.method == AuthMethod::Bearer {
+            let users = self.current_users()?;
+            match users.users.get(&p.subject) {
+                Some(u) if !u.disabled => {}
+                _ => return Err(Error::SessionEnded),
+            }
+        }
+        self.tokens.renew(p)
     }
 
     /// Verifies a bearer token and returns its principal.
@@ -355,7 +477,20 @@ impl Authenticator {
             ErrorKind::MissingRequiredClaim(c) => Error::MissingClaim(c.clone()),
             other => Error::InvalidToken(format!("{other:?}")),
         })?;
-        let p = Arc::new(principal_from(iss, &claims.claims, &issuer.claims)?);
+        let c = &claims.claims;
+        let iat = c.get("iat").and_then(Value::as_u64).unwrap_or_else(now_secs);
+        let exp = c.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        if exp.saturating_sub(iat) > self.max_lifetime.as_secs() {
+            return Err(Error::LifetimeTooLong(self.max_lifetime.as_secs()));
+        }
+        let mut principal = principal_from(iss, c, &issuer.claims)?;
+        principal.auth_time = c.get("auth_time").and_then(Value::as_u64).unwrap_or(iat);
+        if iss == self.tokens.issuer
+            && let Some(original) = c.get(ORIGINAL_ISSUER).and_then(Value::as_str)
+        {
+            principal.issuer = original.to_string();
+        }
+        let p = Arc::new(principal);
         self.cache.insert(digest, Arc::clone(&p));
         Ok(p)
     }
@@ -389,5 +524,6 @@ fn principal_from(iss: &str, c: &Value, names: &ClaimNames) -> Result<Principal>
         clearance: text(&names.clearance),
         attributes,
         expires_at: c.get("exp").and_then(Value::as_u64).unwrap_or(0),
+        auth_time: 0,
     })
 }

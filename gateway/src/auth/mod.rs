@@ -63,6 +63,11 @@ pub struct Principal {
     /// Expiry of the credential, seconds since the epoch (0 when it does not expire).
     #[serde(skip)]
     pub expires_at: u64,
+    /// When the caller originally authenticated (password, certificate or identity provider),
+    /// seconds since the epoch; a renewed gateway token carries it on, so a session cannot be
+    /// stretched by renewing (0 when unknown).
+    #[serde(skip)]
+    pub auth_time: u64,
 }
 
 impl Principal {
@@ -79,6 +84,7 @@ impl Principal {
             clearance: None,
             attributes: BTreeMap::new(),
             expires_at: 0,
+            auth_time: 0,
         }
     }
 }
@@ -119,25 +125,43 @@ pub enum Error {
     /// Basic credentials that do not match the users file.
     #[error("unknown user or wrong password")]
     BadCredentials,
+    /// Too many failed logins for this user or from this address.
+    #[error("too many failed logins; wait {0} seconds before trying again")]
+    TooManyAttempts(u64),
+    /// The token is valid for longer than the gateway accepts.
+    #[error("the token's lifetime exceeds the gateway's maximum of {0} seconds; ask for a shorter-lived token")]
+    LifetimeTooLong(u64),
+    /// A session cannot be renewed (its user is gone or disabled).
+    #[error("the session cannot be renewed; log in again")]
+    SessionEnded,
     /// The configuration cannot be used; raised at start-up.
     #[error("authentication configuration: {0}")]
     Config(String),
 }
 
+/// What a caller is told about a refused token: one message, whatever the check that failed,
+/// so an outsider cannot probe which issuers, key ids or algorithms are trusted. The precise
+/// reason goes to the log and the audit record.
+pub const REFUSED_TOKEN: &str =
+    "the token is not valid for this gateway; get a new one from your identity provider or with Handshake";
+
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         match e {
             Error::Config(_) => tonic::Status::internal("authentication is misconfigured"),
-            Error::Missing
-            | Error::BadHeader
-            | Error::InvalidToken(_)
+            Error::InvalidToken(_)
             | Error::UntrustedIssuer
             | Error::UnknownKey
-            | Error::Expired
             | Error::NotYetValid
             | Error::MissingClaim(_)
-            | Error::WrongAudience
-            | Error::BadCredentials => tonic::Status::unauthenticated(e.to_string()),
+            | Error::WrongAudience => tonic::Status::unauthenticated(REFUSED_TOKEN),
+            Error::Missing
+            | Error::BadHeader
+            | Error::Expired
+            | Error::BadCredentials
+            | Error::LifetimeTooLong(_)
+            | Error::SessionEnded => tonic::Status::unauthenticated(e.to_string()),
+            Error::TooManyAttempts(_) => tonic::Status::resource_exhausted(e.to_string()),
         }
     }
 }
@@ -152,5 +176,10 @@ mod tests {
             assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unauthenticated);
         }
         assert_eq!(tonic::Status::from(Error::Config("x".into())).code(), tonic::Code::Internal);
+        assert_eq!(tonic::Status::from(Error::TooManyAttempts(9)).code(), tonic::Code::ResourceExhausted);
+        let probes = [Error::UntrustedIssuer, Error::UnknownKey, Error::InvalidToken("InvalidAlgorithm".into())];
+        for e in probes {
+            assert_eq!(tonic::Status::from(e).message(), REFUSED_TOKEN, "refusals look alike");
+        }
     }
 }

@@ -43,6 +43,9 @@ pub struct User {
     /// Further attributes (e.g. `region`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, String>,
+    /// A disabled user cannot log in, and its sessions are not renewed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 impl User {
@@ -59,6 +62,7 @@ impl User {
             clearance: self.clearance.clone(),
             attributes: self.attributes.clone(),
             expires_at: 0,
+            auth_time: 0,
         }
     }
 }
@@ -102,7 +106,7 @@ impl Users {
         let parsed = PasswordHash::new(hash).map_err(|_| Error::BadCredentials)?;
         let ok = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
         match (ok, user) {
-            (true, Some(u)) => Ok(u.principal(name, issuer, AuthMethod::Bearer)),
+            (true, Some(u)) if !u.disabled => Ok(u.principal(name, issuer, AuthMethod::Bearer)),
             _ => Err(Error::BadCredentials),
         }
     }

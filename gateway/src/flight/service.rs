@@ -439,13 +439,22 @@ impl FlightService for MeshFlightService {
             let reply = HandshakeResponse { protocol_version: first.protocol_version, payload: first.payload };
             return Ok(Response::new(futures::stream::once(async { Ok(reply) }).boxed()));
         };
-        let verified = match basic_credentials(&headers, &first) {
-            Ok(Some((user, pass))) => auth.verify_basic(&user, &pass).map_err(Error::from),
-            Ok(None) => already.ok_or(Error::Auth(auth::Error::Missing)),
+        let source = client.address.as_deref().and_then(|a| a.parse::<std::net::SocketAddr>().ok()).map(|a| a.ip());
+        // Basic credentials start a session; a bearer token renews one, never past the
+        // credential presented or the session's limit.
+        let issued = match basic_credentials(&headers, &first) {
+            Ok(Some((user, pass))) => match auth.verify_basic(&user, &pass, source).await {
+                Ok(p) => auth.tokens().issue(&p, None).map(|t| (p, t)).map_err(Error::from),
+                Err(e) => Err(Error::from(e)),
+            },
+            Ok(None) => match already {
+                Some(p) => auth.renew(&p).map(|t| (p, t)).map_err(Error::from),
+                None => Err(Error::Auth(auth::Error::Missing)),
+            },
             Err(e) => Err(e),
         };
-        let p = match verified {
-            Ok(p) => p,
+        let (_p, token) = match issued {
+            Ok(x) => x,
             Err(e) => {
                 if let Some(log) = &self.audit {
                     log.auth_failure("Handshake", client, &e.to_string());
@@ -453,7 +462,6 @@ impl FlightService for MeshFlightService {
                 return Err(e.into());
             }
         };
-        let token = auth.tokens().issue(&p, None).map_err(Error::from)?;
         let reply =
             HandshakeResponse { protocol_version: first.protocol_version, payload: token.clone().into_bytes().into() };
         let mut response = Response::new(futures::stream::once(async { Ok(reply) }).boxed() as Self::HandshakeStream);

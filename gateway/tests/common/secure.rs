@@ -7,9 +7,9 @@ use arrow::array::RecordBatch;
 use arrow_flight::{FlightClient, FlightDescriptor};
 use base64::Engine;
 use futures::TryStreamExt;
-use jsonwebtoken::{Algorithm, EncodingKey};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use meshgate::{Gateway, GatewayConfig};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tonic::transport::Channel;
 
 use super::status;
@@ -115,4 +115,30 @@ pub fn path(d: &str, p: &str) -> FlightDescriptor {
 
 pub fn query(q: Value) -> FlightDescriptor {
     FlightDescriptor::new_cmd(q.to_string())
+}
+
+pub fn sign(alg: Algorithm, key_file: &str, claims: Value, kid: Option<&str>) -> String {
+    let bytes = std::fs::read(format!("{KEYS}/{key_file}")).unwrap();
+    let key = match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&bytes).unwrap(),
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&bytes).unwrap(),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&bytes).unwrap(),
+        _ => EncodingKey::from_secret(&bytes),
+    };
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_string);
+    encode(&header, &claims, &key).unwrap()
+}
+
+pub fn claims(iss: &str) -> Value {
+    json!({"iss": iss, "aud": "meshgate", "sub": "mallory", "exp": now() + 600, "nbf": now() - 5, "roles": ["analyst"]})
+}
+
+pub fn with(mut c: Value, key: &str, v: Value) -> Value {
+    if v.is_null() {
+        c.as_object_mut().unwrap().remove(key);
+    } else {
+        c[key] = v;
+    }
+    c
 }
