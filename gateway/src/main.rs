@@ -268,6 +268,22 @@ fn verify_audit(file: &std::path::Path) -> Result<ExitCode, String> {
 }
 
 async fn serve(mut config: GatewayConfig) -> Result<ExitCode, String> {
+    if config.mesh.is_none() && !config.listen.ip().is_loopback() {
+        // The sample's development users have published passwords: never off loopback.
+        return Err(format!(
+            "no mesh and no authentication configured, and {} is not a loopback address: the sample mesh \
+             and its development users are served only on 127.0.0.1. Mount your mesh and an auth \
+             configuration and pass --mesh DIR --auth FILE --audit-log FILE (docs/deployment.md)",
+            config.listen
+        ));
+    }
+    if let Some(mesh) = config.mesh.as_ref().filter(|m| !m.is_dir()) {
+        return Err(format!(
+            "the mesh folder {} does not exist: mount your mesh there (e.g. `-v $PWD/mesh:{}`) or pass --mesh DIR",
+            mesh.display(),
+            mesh.display()
+        ));
+    }
     if config.mesh.is_none() {
         let dir = PathBuf::from("mesh");
         tracing::info!(mesh = %dir.display(), "no --mesh given: serving the bundled sample mesh");

@@ -210,3 +210,39 @@ async fn bindings_read_only_inside_their_product_folder_and_the_storage_roots() 
     assert_eq!(rows(&f.read(&info).await.unwrap()), 2, "a folder the operator allowed is readable");
     f.stop().await;
 }
+
+/// Runs the real binary with `args` in `cwd`; returns its exit status and what it logged, or
+/// panics if it starts listening.
+fn refused_start(cwd: &std::path::Path, args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(args)
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.contains("listening") {
+            child.kill().unwrap();
+            panic!("the gateway started: {log}{line}");
+        }
+        log.push_str(&line);
+        log.push('\n');
+    }
+    (child.wait().unwrap(), log)
+}
+
+#[test]
+fn the_sample_and_its_development_users_are_never_served_off_loopback() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (status, log) = refused_start(cwd.path(), &["serve", "--listen", "0.0.0.0:0", "--allow-plaintext"]);
+    assert!(!status.success());
+    assert!(log.contains("--mesh DIR --auth FILE"), "{log}");
+    assert!(!cwd.path().join(".meshgate").exists(), "no development users were written");
+    let (status, log) = refused_start(cwd.path(), &["serve", "--listen", "127.0.0.1:0", "--mesh", "/mesh-not-mounted"]);
+    assert!(!status.success());
+    assert!(log.contains("mount your mesh"), "{log}");
+}
