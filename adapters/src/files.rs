@@ -200,9 +200,7 @@ pub fn resolve_location(location: &str, ctx: &OpenContext) -> Result<ListingTabl
     }
     let rel = Path::new(location);
     if rel.components().any(|c| c == Component::ParentDir) {
-        return Err(Error::InvalidBinding(format!(
-            "location `{location}` contains `..`; write the path without it"
-        )));
+        return Err(Error::InvalidBinding(format!("location `{location}` contains `..`; write the path without it")));
     }
     let path: PathBuf = if rel.is_absolute() {
         rel.to_path_buf()

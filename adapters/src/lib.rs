@@ -68,7 +68,9 @@ impl OpenContext {
     /// never name the gateway's own secrets, users file or audit log.
     pub fn allows(&self, path: &std::path::Path) -> bool {
         let resolved = resolve(path);
-        std::iter::once(&self.product_dir).chain(self.storage_roots.iter()).any(|root| resolved.starts_with(resolve(root)))
+        std::iter::once(&self.product_dir)
+            .chain(self.storage_roots.iter())
+            .any(|root| resolved.starts_with(resolve(root)))
     }
 }
 

@@ -74,7 +74,9 @@ fn int_at(arg: &ColumnarValue, i: usize) -> i64 {
             Ok(ScalarValue::Int64(Some(v))) => v,
             _ => 0,
         },
-        ColumnarValue::Array(a) => a.as_primitive_opt::<Int64Type>().filter(|a| a.is_valid(i)).map_or(0, |a| a.value(i)),
+        ColumnarValue::Array(a) => {
+            a.as_primitive_opt::<Int64Type>().filter(|a| a.is_valid(i)).map_or(0, |a| a.value(i))
+        }
     }
 }
 
@@ -112,7 +114,9 @@ impl Capped {
             let row = match self.growth {
                 Growth::TextTimesCount => length(i, 0).saturating_mul(count(i, 1)),
                 Growth::PadToCount => count(i, 1).saturating_mul(4),
-                Growth::CountElements => count(i, 1).saturating_mul(length(i, if args.len() > 2 { 2 } else { 0 }).max(8)),
+                Growth::CountElements => {
+                    count(i, 1).saturating_mul(length(i, if args.len() > 2 { 2 } else { 0 }).max(8))
+                }
                 Growth::RangeElements => {
                     let (start, stop) = match args.len() {
                         1 => (0, args.first().map_or(0, |a| int_at(a, i))),

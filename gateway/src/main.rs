@@ -157,7 +157,8 @@ const THREAD_STACK_BYTES: usize = 16 << 20;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(THREAD_STACK_BYTES).build();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(THREAD_STACK_BYTES).build();
     match runtime {
         Ok(rt) => rt.block_on(run(cli)),
         Err(e) => {
@@ -310,9 +311,8 @@ async fn check(mesh: &std::path::Path, storage_roots: &[PathBuf]) -> Result<Exit
     let config = GatewayConfig::for_mesh(mesh);
     let ctx = server::session_context(&config).map_err(|e| e.to_string())?;
     let registry = AdapterRegistry::with_defaults(MemoryAdapter::default());
-    let catalog = Catalog::load_governed(mesh, registry, ctx.state(), false, storage_roots)
-        .await
-        .map_err(|e| e.to_string())?;
+    let catalog =
+        Catalog::load_governed(mesh, registry, ctx.state(), false, storage_roots).await.map_err(|e| e.to_string())?;
     let snapshot = catalog.snapshot();
     let mut bad = 0;
     for ((domain, product), entry) in &snapshot.entries {

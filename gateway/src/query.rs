@@ -153,7 +153,8 @@ impl ReadSpec {
 
     /// A JSON query from a CMD descriptor.
     pub fn from_json(cmd: &[u8]) -> Result<Self> {
-        let q: JsonQuery = serde_json::from_slice(cmd).map_err(|e| Error::BadQuery(crate::text::clip(&e.to_string())))?;
+        let q: JsonQuery =
+            serde_json::from_slice(cmd).map_err(|e| Error::BadQuery(crate::text::clip(&e.to_string())))?;
         let parts: Vec<&str> = q.product.split('/').collect();
         let (domain, product, port) = match parts.as_slice() {
             [d, p] => (d, p, q.port.clone()),
@@ -243,7 +244,8 @@ pub struct ExpressionLimits {
 }
 
 /// The limits for filters in requests and row filters in governance files.
-pub const EXPRESSION_LIMITS: ExpressionLimits = ExpressionLimits { max_bytes: 16 << 10, max_operators: 256, max_nesting: 32 };
+pub const EXPRESSION_LIMITS: ExpressionLimits =
+    ExpressionLimits { max_bytes: 16 << 10, max_operators: 256, max_nesting: 32 };
 
 impl ExpressionLimits {
     /// Checks `sql` (named `what` in errors) against the limits, without recursion.
@@ -253,7 +255,12 @@ impl ExpressionLimits {
         use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
         let too_large = |unit, found, limit, hint| Error::TooLarge { what, unit, found, limit, hint };
         if sql.len() > self.max_bytes {
-            return Err(too_large("bytes", sql.len(), self.max_bytes, "shorten it, e.g. with IN (...) lists or ranges"));
+            return Err(too_large(
+                "bytes",
+                sql.len(),
+                self.max_bytes,
+                "shorten it, e.g. with IN (...) lists or ranges",
+            ));
         }
         let tokens = Tokenizer::new(&GenericDialect {}, sql)
             .tokenize()
@@ -371,7 +378,9 @@ fn forbidden(e: &Expr) -> Option<&'static str> {
         | Expr::TryCast(_)
         | Expr::InList(_)
         | Expr::Alias(_) => None,
-        Expr::ScalarFunction(f) if DISCLOSING_FUNCTIONS.contains(&f.name()) => Some("functions that describe the server"),
+        Expr::ScalarFunction(f) if DISCLOSING_FUNCTIONS.contains(&f.name()) => {
+            Some("functions that describe the server")
+        }
         Expr::ScalarFunction(_) => None,
         Expr::Exists(_)
         | Expr::InSubquery(_)

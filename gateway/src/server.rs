@@ -149,7 +149,8 @@ impl Gateway {
         let ctx = session_context(&config)?;
         let registry = AdapterRegistry::with_defaults(memory);
         let catalog = Arc::new(
-            Catalog::load_governed(&mesh, registry, ctx.state(), authenticator.is_some(), &config.storage_roots).await?,
+            Catalog::load_governed(&mesh, registry, ctx.state(), authenticator.is_some(), &config.storage_roots)
+                .await?,
         );
         if let Some(log) = &audit {
             catalog.add_builtin(crate::audit::product::product(log.path()));

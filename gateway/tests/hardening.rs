@@ -128,8 +128,8 @@ async fn client_mistakes_are_client_errors() {
     let s = raw_call::<_, arrow_flight::Result>(&f, "/arrow.flight.protocol.FlightService/DoAction", bad_action).await;
     assert!(matches!(s.code(), Code::InvalidArgument), "{s}");
     let junk = Garbage { junk: vec![0xff; 64] };
-    let s = raw_call::<_, arrow_flight::FlightInfo>(&f, "/arrow.flight.protocol.FlightService/GetFlightInfo", junk)
-        .await;
+    let s =
+        raw_call::<_, arrow_flight::FlightInfo>(&f, "/arrow.flight.protocol.FlightService/GetFlightInfo", junk).await;
     // Field 1 of a descriptor is an enum: 64 bytes of 0xff there do not decode.
     assert_eq!(s.code(), Code::InvalidArgument, "{s}");
 
@@ -177,11 +177,15 @@ async fn functions_that_allocate_by_argument_stay_inside_the_memory_limit() {
 fn write_thief(mesh: &std::path::Path, name: &str, location: &str) {
     common::write(
         &mesh.join(format!("sales/{name}/product.odps.yaml")),
-        &format!("apiVersion: v1.0.0\nkind: DataProduct\nid: {name}\nstatus: active\noutputPorts:\n  - name: v1\n    contractId: {name}1\n"),
+        &format!(
+            "apiVersion: v1.0.0\nkind: DataProduct\nid: {name}\nstatus: active\noutputPorts:\n  - name: v1\n    contractId: {name}1\n"
+        ),
     );
     common::write(
         &mesh.join(format!("sales/{name}/v1.odcs.yaml")),
-        &format!("apiVersion: v3.1.0\nkind: DataContract\nid: {name}1\nversion: 1.0.0\nstatus: active\nschema:\n  - name: t\n    properties:\n      - name: column_1\n        logicalType: string\ncustomProperties:\n  - property: meshgate.binding\n    value: {{adapter: files, location: '{location}', format: csv, csv: {{hasHeader: false}}, fileExtension: ''}}\n"),
+        &format!(
+            "apiVersion: v3.1.0\nkind: DataContract\nid: {name}1\nversion: 1.0.0\nstatus: active\nschema:\n  - name: t\n    properties:\n      - name: column_1\n        logicalType: string\ncustomProperties:\n  - property: meshgate.binding\n    value: {{adapter: files, location: '{location}', format: csv, csv: {{hasHeader: false}}, fileExtension: ''}}\n"
+        ),
     );
 }
 

@@ -53,7 +53,8 @@ async fn an_identity_providers_alice_is_not_the_gateways_alice() {
     let info = own.get_flight_info(path("customers", "profiles")).await.unwrap();
     let ticket = info.endpoint[0].ticket.clone().unwrap();
     // Another person called alice at an identity provider, renewed into a gateway token.
-    let idp_alice = sign(Algorithm::RS256, "rsa.key", with(claims("https://rsa.idp.test"), "sub", json!("alice")), None);
+    let idp_alice =
+        sign(Algorithm::RS256, "rsa.key", with(claims("https://rsa.idp.test"), "sub", json!("alice")), None);
     let renewed = renew(&s, &idp_alice).await.unwrap();
     let mut other = s.client(Some(&renewed)).await;
     let e = other.do_get(ticket).await.err().map(status).unwrap();
@@ -121,12 +122,16 @@ async fn refusals_do_not_tell_which_issuer_key_or_algorithm_is_trusted() {
 async fn a_login_flood_is_limited_and_does_not_slow_other_callers() {
     let s = Secure::start().await;
     let alice = s.login("alice").await;
-    let basic = |user: &str, pw: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")));
+    let basic = |user: &str, pw: &str| {
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")))
+    };
     let mut flood = Vec::new();
     for i in 0..40 {
         let mut c: FlightClient = s.client(None).await;
         c.add_header("authorization", &basic("carol", &format!("guess-{i}"))).unwrap();
-        flood.push(tokio::spawn(async move { c.handshake(bytes::Bytes::new()).await.err().map(status).unwrap().code() }));
+        flood.push(tokio::spawn(
+            async move { c.handshake(bytes::Bytes::new()).await.err().map(status).unwrap().code() },
+        ));
     }
     // While the flood runs, alice keeps reading.
     let mut a = s.client(Some(&alice)).await;

@@ -121,7 +121,9 @@ async fn describe_shows_no_count_that_a_row_filter_or_a_mask_would_hide() {
     };
     // bob's row filter keeps AMER rows only; the whole table's count is not his to learn.
     assert_eq!(describe(s.login("bob").await).await, -1);
-    let bob_rows = common::rows(&read_all(&mut s.client(Some(&s.login("bob").await)).await, path("sales", "orders")).await.unwrap());
+    let bob_rows = common::rows(
+        &read_all(&mut s.client(Some(&s.login("bob").await)).await, path("sales", "orders")).await.unwrap(),
+    );
     assert!(bob_rows < 4000);
     // carol sees every row and every column in clear: she gets the exact count.
     assert_eq!(describe(s.login("carol").await).await, 4000);

@@ -16,9 +16,6 @@ use meshgate::{Gateway, GatewayConfig};
 use serde_json::{Value, json};
 use tonic::Code;
 
-
-
-
 #[tokio::test]
 async fn without_valid_credentials_nothing_is_served_and_every_failure_is_audited() {
     let s = Secure::start().await;

@@ -18,8 +18,7 @@ fn product(mesh: &Path, name: &str, file: &str, format: &str, columns: &[(&str, 
             "apiVersion: v1.0.0\nkind: DataProduct\nid: {name}\nstatus: active\noutputPorts:\n  - name: v1\n    contractId: {name}-v1\n"
         ),
     );
-    let props: String =
-        columns.iter().map(|(c, t)| format!("      - name: {c}\n        logicalType: {t}\n")).collect();
+    let props: String = columns.iter().map(|(c, t)| format!("      - name: {c}\n        logicalType: {t}\n")).collect();
     common::write(
         &mesh.join(format!("lab/{name}/v1.odcs.yaml")),
         &format!(
@@ -127,9 +126,8 @@ async fn an_ipc_product_streams_one_message_per_batch() {
         .map(|b| b.project(&[0]).unwrap())
         .map(|b| {
             let cols: Vec<ArrayRef> = (0..3).map(|_| Arc::clone(b.column(0))).collect();
-            let schema = Schema::new(
-                ["a", "b", "c"].iter().map(|n| Field::new(*n, DataType::Int64, false)).collect::<Vec<_>>(),
-            );
+            let schema =
+                Schema::new(["a", "b", "c"].iter().map(|n| Field::new(*n, DataType::Int64, false)).collect::<Vec<_>>());
             RecordBatch::try_new(Arc::new(schema), cols).unwrap()
         })
         .collect();

@@ -185,7 +185,13 @@ impl AuditLog {
     /// Records an authentication failure.
     pub fn auth_failure(&self, rpc: &str, client: Client, reason: &str) {
         let r = base("authentication_failure", rpc, &client, None);
-        let _ = self.send(with_outcome(r, "UNAUTHENTICATED", Some(reason), 0, 0, Duration::ZERO));
+        let _ = self.send(with_outcome(r, "UNAUTHENTICATED", Some(&clip(reason)), 0, 0, Duration::ZERO));
+    }
+
+    /// Records a successful login (`Handshake`): who, from where, and how.
+    pub fn login(&self, client: Client, actor: &Principal) {
+        let r = base("login", "Handshake", &client, Some(actor));
+        let _ = self.send(with_outcome(r, "OK", None, 0, 0, Duration::ZERO));
     }
 
     /// Starts the record of one call; fails when the log cannot be written (fail closed).
@@ -201,21 +207,58 @@ impl AuditLog {
     }
 }
 
+/// Values in a record are cut to this many characters (user agents, subjects, roles...): a
+/// caller cannot make one request write a large record.
+const MAX_FIELD_CHARS: usize = 200;
+/// At most this many roles are recorded per actor.
+const MAX_ROLES: usize = 32;
+
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(MAX_FIELD_CHARS) {
+        None => s.to_string(),
+        Some((at, _)) => format!("{}…", &s[..at]),
+    }
+}
+
 fn base(kind: &str, rpc: &str, client: &Client, actor: Option<&Principal>) -> Value {
     json!({
         "event_id": uuid::Uuid::new_v4().to_string(),
         "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "kind": kind,
-        "rpc": rpc,
-        "client": client,
+        "rpc": clip(rpc),
+        "client": {
+            "address": client.address.as_deref().map(clip),
+            "user_agent": client.user_agent.as_deref().map(clip),
+        },
         "actor": actor.map(|p| json!({
-            "sub": p.subject,
-            "iss": p.issuer,
+            "sub": clip(&p.subject),
+            "iss": clip(&p.issuer),
             "auth_method": p.method,
-            "roles": p.roles,
-            "purpose": p.purpose,
+            "roles": p.roles.iter().take(MAX_ROLES).map(|r| clip(r)).collect::<Vec<_>>(),
+            "purpose": p.purpose.as_deref().map(clip),
         })),
     })
+}
+
+/// What an audit record says about a failure: its code's meaning, never the error's text, which
+/// can carry data values (a cast error quotes the value it could not cast) or megabytes of input.
+fn value_free(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "ok",
+        C::Cancelled => "the caller cancelled",
+        C::Unknown | C::Internal | C::DataLoss => "the gateway failed (details under the error id in the gateway log)",
+        C::InvalidArgument | C::OutOfRange => "the request was invalid",
+        C::DeadlineExceeded => "a time limit was reached",
+        C::NotFound => "no such product, port or action, or not visible to the caller",
+        C::AlreadyExists | C::Aborted => "the read was cut short",
+        C::PermissionDenied => "refused by policy",
+        C::ResourceExhausted => "a limit was reached",
+        C::FailedPrecondition => "the request no longer matches the catalog",
+        C::Unimplemented => "not supported",
+        C::Unavailable => "storage or the audit log was unavailable",
+        C::Unauthenticated => "the caller was not authenticated",
+    }
 }
 
 fn with_outcome(mut r: Value, status: &str, message: Option<&str>, rows: u64, bytes: u64, took: Duration) -> Value {
@@ -278,10 +321,10 @@ impl AuditToken {
         self.finish("OK", None)
     }
 
-    /// Finishes with a failure.
+    /// Finishes with a failure; the record keeps the code and a value-free description.
     pub fn fail(mut self, status: &tonic::Status) -> Result<()> {
         let code = format!("{:?}", status.code());
-        self.finish(&code, Some(status.message()))
+        self.finish(&code, Some(value_free(status.code())))
     }
 
     fn finish(&mut self, status: &str, message: Option<&str>) -> Result<()> {

@@ -393,7 +393,12 @@ impl Authenticator {
     /// Checks Basic credentials against the users file, off the async runtime and at most
     /// [`CONCURRENT_HASHES`] at a time. Failed logins are counted per user and per `source`;
     /// past the limit every attempt is refused for the rest of the window, without hashing.
-    pub async fn verify_basic(&self, user: &str, password: &str, source: Option<std::net::IpAddr>) -> Result<Principal> {
+    pub async fn verify_basic(
+        &self,
+        user: &str,
+        password: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Principal> {
         let keys: Vec<(String, u32)> = std::iter::once((format!("user:{user}"), MAX_FAILURES_PER_USER))
             .chain(source.map(|a| (format!("addr:{a}"), MAX_FAILURES_PER_SOURCE)))
             .collect();
@@ -403,7 +408,8 @@ impl Authenticator {
         if keys.iter().any(|(k, limit)| over(k, *limit)) {
             return Err(Error::TooManyAttempts(FAILURE_WINDOW.as_secs()));
         }
-        let permit = Arc::clone(&self.hashing).acquire_owned().await.map_err(|_| Error::Config("shutting down".into()))?;
+        let permit =
+            Arc::clone(&self.hashing).acquire_owned().await.map_err(|_| Error::Config("shutting down".into()))?;
         // Checked again: attempts that queued behind a flood are refused without hashing.
         if keys.iter().any(|(k, limit)| over(k, *limit)) {
             return Err(Error::TooManyAttempts(FAILURE_WINDOW.as_secs()));

@@ -30,8 +30,8 @@ use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::actions;
-use super::wire::{self, WireOptions};
 use super::error::{Error, Result};
+use super::wire::{self, WireOptions};
 use crate::audit::{self, AuditLog, AuditToken};
 use crate::auth::{self, Authenticator, Principal};
 use crate::catalog::{Catalog, Port, Product};
@@ -453,7 +453,7 @@ impl FlightService for MeshFlightService {
             },
             Err(e) => Err(e),
         };
-        let (_p, token) = match issued {
+        let (p, token) = match issued {
             Ok(x) => x,
             Err(e) => {
                 if let Some(log) = &self.audit {
@@ -462,6 +462,9 @@ impl FlightService for MeshFlightService {
                 return Err(e.into());
             }
         };
+        if let Some(log) = &self.audit {
+            log.login(client, &p);
+        }
         let reply =
             HandshakeResponse { protocol_version: first.protocol_version, payload: token.clone().into_bytes().into() };
         let mut response = Response::new(futures::stream::once(async { Ok(reply) }).boxed() as Self::HandshakeStream);
@@ -538,19 +541,21 @@ impl FlightService for MeshFlightService {
     }
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
-        let p = principal(&request)?;
+        let (p, c) = (principal(&request)?, client(&request));
         let action = request.into_inner();
-        let gov = self.catalog.governance();
-        let vis = |_: &str, _: &str, prod: Option<&Product>| Self::visible(gov, &p, prod);
-        let may_admin = gov.is_none_or(|g| g.may_admin(&p));
-        let generation = self.catalog.snapshot().generation;
-        let counts = |product: &Product, port: &Arc<Port>| match gov {
-            None => true,
-            Some(g) => g
-                .access(&self.ctx, &p, product, port, generation)
-                .is_ok_and(|a| a.table.is_some() && a.row_filters.is_empty() && a.masks.is_empty()),
+        let rpc = format!("DoAction/{}", crate::text::clip(&action.r#type));
+        let token = match &self.audit {
+            Some(log) => Some(log.begin(&rpc, c, &p).map_err(Error::from)?),
+            None => None,
         };
-        let body = actions::run(&self.catalog, &action.r#type, &action.body, &vis, &counts, may_admin).await?;
+        let outcome = self.do_action_for(&p, &action).await;
+        if let Some(t) = token {
+            let _ = match &outcome {
+                Ok(_) => t.ok(),
+                Err(status) => t.fail(status),
+            };
+        }
+        let body = outcome?;
         let result = arrow_flight::Result { body: body.into() };
         Ok(Response::new(futures::stream::once(async { Ok(result) }).boxed()))
     }
@@ -561,5 +566,23 @@ impl FlightService for MeshFlightService {
             .iter()
             .map(|(name, description)| Ok(ActionType { r#type: (*name).into(), description: (*description).into() }));
         Ok(Response::new(futures::stream::iter(types.collect::<Vec<_>>()).boxed()))
+    }
+}
+
+impl MeshFlightService {
+    /// Runs an action for `p`; the caller records the outcome.
+    async fn do_action_for(&self, p: &Principal, action: &Action) -> Result<Vec<u8>, Status> {
+        let p = p.clone();
+        let gov = self.catalog.governance();
+        let vis = |_: &str, _: &str, prod: Option<&Product>| Self::visible(gov, &p, prod);
+        let may_admin = gov.is_none_or(|g| g.may_admin(&p));
+        let generation = self.catalog.snapshot().generation;
+        let counts = |product: &Product, port: &Arc<Port>| match gov {
+            None => true,
+            Some(g) => g
+                .access(&self.ctx, &p, product, port, generation)
+                .is_ok_and(|a| a.table.is_some() && a.row_filters.is_empty() && a.masks.is_empty()),
+        };
+        Ok(actions::run(&self.catalog, &action.r#type, &action.body, &vis, &counts, may_admin).await?)
     }
 }

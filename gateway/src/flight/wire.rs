@@ -37,7 +37,11 @@ impl Default for WireOptions {
 
 /// The bytes the rows of `batch` occupy, not counting buffer space beyond its slice.
 pub fn sliced_bytes(batch: &RecordBatch) -> usize {
-    batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size())).sum()
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()))
+        .sum()
 }
 
 /// Cuts `batch` into consecutive pieces of at most `max_bytes` each (a single row may exceed it),
@@ -50,7 +54,10 @@ pub fn split(batch: RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
         return vec![compact_views(batch)];
     }
     let per_piece = rows.div_ceil(pieces).max(1);
-    (0..rows).step_by(per_piece).map(|offset| compact_views(batch.slice(offset, per_piece.min(rows - offset)))).collect()
+    (0..rows)
+        .step_by(per_piece)
+        .map(|offset| compact_views(batch.slice(offset, per_piece.min(rows - offset))))
+        .collect()
 }
 
 /// `batch` with every top-level view column garbage-collected when it references more data
@@ -86,9 +93,7 @@ where
     S: Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
 {
     let max = options.max_message_bytes;
-    let cut = batches
-        .map_ok(move |b| stream::iter(split(b, max).into_iter().map(Ok::<_, FlightError>)))
-        .try_flatten();
+    let cut = batches.map_ok(move |b| stream::iter(split(b, max).into_iter().map(Ok::<_, FlightError>))).try_flatten();
     FlightDataEncoderBuilder::new()
         .with_schema(schema)
         // Already cut by the bytes the rows occupy; the encoder's own estimate counts shared
