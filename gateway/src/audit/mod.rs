@@ -97,7 +97,12 @@ pub struct Decision {
 #[derive(Debug)]
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
+    /// Owned by the writer: false after a failed write, true again after a good one.
     healthy: Arc<AtomicBool>,
+    /// Failed authentications recorded per source address in the current minute.
+    auth_failures: moka::sync::Cache<String, Arc<std::sync::atomic::AtomicU32>>,
+    /// Failed-authentication records not written (per-source limit or a full queue).
+    auth_failures_suppressed: std::sync::atomic::AtomicU64,
     fail_open: bool,
     replica: String,
     path: PathBuf,
@@ -113,6 +118,10 @@ enum Msg {
 impl AuditLog {
     /// Opens (or creates) the log at `path`, checking the existing chain, and starts the writer.
     pub async fn open(path: &Path, fail_open: bool, replica: &str) -> Result<Arc<Self>> {
+        Self::open_with_queue(path, fail_open, replica, 16_384).await
+    }
+
+    async fn open_with_queue(path: &Path, fail_open: bool, replica: &str, queue: usize) -> Result<Arc<Self>> {
         let io = |source| Error::Io { path: path.display().to_string(), source };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(dir).await.map_err(io)?;
@@ -128,12 +137,17 @@ impl AuditLog {
             reason: b.reason,
         })?;
         let file = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await.map_err(io)?;
-        let (tx, rx) = mpsc::channel(16_384);
+        let (tx, rx) = mpsc::channel(queue);
         let healthy = Arc::new(AtomicBool::new(true));
         let task = tokio::spawn(write_loop(rx, file, seq, prev, Arc::clone(&healthy)));
         Ok(Arc::new(Self {
             tx,
             healthy,
+            auth_failures: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+            auth_failures_suppressed: std::sync::atomic::AtomicU64::new(0),
             fail_open,
             replica: replica.to_string(),
             path: path.to_path_buf(),
@@ -155,12 +169,23 @@ impl AuditLog {
         record["replica"] = json!(self.replica);
         match self.tx.try_send(Msg::Record(record)) {
             Ok(()) => Ok(()),
-            Err(e) => {
-                tracing::error!(error = %e, "audit record dropped: the writer is behind or gone");
+            // A full queue refuses this record (and so this call), but says nothing about the
+            // writer: health is the writer's to report.
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!("audit queue full: a record was refused");
+                if self.fail_open { Ok(()) } else { Err(Error::Unavailable) }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("audit record dropped: the writer is gone");
                 self.healthy.store(false, Ordering::Relaxed);
                 if self.fail_open { Ok(()) } else { Err(Error::Unavailable) }
             }
         }
+    }
+
+    /// Failed-authentication records not written so far (per-source limit, full queue).
+    pub fn auth_failures_suppressed(&self) -> u64 {
+        self.auth_failures_suppressed.load(Ordering::Relaxed)
     }
 
     /// Writes everything sent so far to disk.
@@ -182,10 +207,29 @@ impl AuditLog {
         }
     }
 
-    /// Records an authentication failure.
+    /// Records an authentication failure, on a path that can never refuse other calls: at most
+    /// [`AUTH_FAILURES_PER_SOURCE`] records per source address a minute, never waiting for room
+    /// and never touching the log's health; what is not written is counted
+    /// ([`AuditLog::auth_failures_suppressed`]). Unauthenticated callers cannot fill the queue
+    /// that reads need.
     pub fn auth_failure(&self, rpc: &str, client: Client, reason: &str) {
-        let r = base("authentication_failure", rpc, &client, None);
-        let _ = self.send(with_outcome(r, "UNAUTHENTICATED", Some(&clip(reason)), 0, 0, Duration::ZERO));
+        let source = client.address.as_deref().and_then(|a| a.rsplit_once(':').map(|(ip, _)| ip.to_string()));
+        let seen = self
+            .auth_failures
+            .get_with(source.unwrap_or_default(), || Arc::new(std::sync::atomic::AtomicU32::new(0)))
+            .fetch_add(1, Ordering::Relaxed);
+        // Leave most of the queue to calls that are audited fail-closed.
+        let room = self.tx.capacity() > self.tx.max_capacity() / 2;
+        if seen >= AUTH_FAILURES_PER_SOURCE || !room {
+            self.auth_failures_suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut r = base("authentication_failure", rpc, &client, None);
+        r["replica"] = json!(self.replica);
+        let r = with_outcome(r, "UNAUTHENTICATED", Some(&clip(reason)), 0, 0, Duration::ZERO);
+        if self.tx.try_send(Msg::Record(r)).is_err() {
+            self.auth_failures_suppressed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Records a successful login (`Handshake`): who, from where, and how.
@@ -206,6 +250,9 @@ impl AuditLog {
         })
     }
 }
+
+/// Failed authentications recorded per source address and minute; the rest are counted.
+pub const AUTH_FAILURES_PER_SOURCE: u32 = 20;
 
 /// Values in a record are cut to this many characters (user agents, subjects, roles...): a
 /// caller cannot make one request write a large record.
@@ -379,6 +426,10 @@ async fn write_loop(
             },
             _ = tick.tick() => out.flush().await,
         };
+        if result.is_ok() {
+            // A transient failure heals with the next good write.
+            healthy.store(true, Ordering::Relaxed);
+        }
         if let Err(e) = result {
             tracing::error!(error = %e, "writing the audit log failed; refusing requests");
             healthy.store(false, Ordering::Relaxed);
@@ -405,6 +456,34 @@ mod tests {
         assert!(matches!(log.begin("DoGet", Client::default(), &p), Err(Error::Unavailable)));
         let text = std::fs::read_to_string(dir.path().join("a.jsonl")).unwrap();
         assert_eq!(chain::verify(&text).unwrap().0, 1);
+    }
+
+    #[tokio::test]
+    async fn failed_logins_cannot_close_the_log_for_everyone() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open_with_queue(&dir.path().join("a.jsonl"), false, "r0", 8).await.unwrap();
+        // A flood of failed logins from many addresses, faster than the writer can run (this
+        // loop never yields to it).
+        for i in 0..1000 {
+            let client = Client { address: Some(format!("10.0.{}.{}:5000", i / 250, i % 250)), user_agent: None };
+            log.auth_failure("Handshake", client, "unknown user or wrong password");
+        }
+        assert!(log.check().is_ok(), "the flood left the log healthy");
+        assert!(log.auth_failures_suppressed() >= 990);
+        let p = Principal::anonymous();
+        log.begin("DoGet", Client::default(), &p).unwrap().ok().unwrap();
+        log.flush().await;
+        let text = std::fs::read_to_string(dir.path().join("a.jsonl")).unwrap();
+        assert!(text.lines().last().unwrap().contains("\"DoGet\""), "the read was recorded");
+        // One address alone is limited too.
+        for _ in 0..100 {
+            let client = Client { address: Some("192.0.2.7:1".into()), user_agent: None };
+            log.auth_failure("Handshake", client, "unknown user or wrong password");
+            log.flush().await;
+        }
+        let text = std::fs::read_to_string(dir.path().join("a.jsonl")).unwrap();
+        let from_one = text.lines().filter(|l| l.contains("192.0.2.7")).count();
+        assert_eq!(from_one, AUTH_FAILURES_PER_SOURCE as usize);
     }
 
     #[tokio::test]
