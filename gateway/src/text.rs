@@ -14,12 +14,19 @@ pub const MAX_MESSAGE_CHARS: usize = 1024;
 /// `value` escaped (control characters and quotes visible) and cut to [`MAX_ECHO_CHARS`],
 /// saying how long it was when cut.
 pub fn clip(value: &str) -> String {
-    let escaped: String = value.chars().take(MAX_ECHO_CHARS + 1).flat_map(char::escape_default).collect();
-    if value.chars().nth(MAX_ECHO_CHARS).is_none() {
-        return escaped;
-    }
     let kept: String = value.chars().take(MAX_ECHO_CHARS).flat_map(char::escape_default).collect();
-    format!("{kept}… ({} bytes in all)", value.len())
+    match value.chars().nth(MAX_ECHO_CHARS) {
+        None => kept,
+        Some(_) => format!("{kept}… ({} bytes in all)", value.len()),
+    }
+}
+
+/// `value` as it is (not escaped: records keep identities exact), cut to [`MAX_ECHO_CHARS`].
+pub fn cut(value: &str) -> String {
+    match value.char_indices().nth(MAX_ECHO_CHARS) {
+        None => value.to_string(),
+        Some((at, _)) => format!("{}…", &value[..at]),
+    }
 }
 
 /// `message` cut to [`MAX_MESSAGE_CHARS`].

@@ -24,6 +24,7 @@ pub mod chain;
 pub mod product;
 
 use crate::auth::Principal;
+use crate::text::cut;
 
 /// Result with the audit [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -226,7 +227,7 @@ impl AuditLog {
         }
         let mut r = base("authentication_failure", rpc, &client, None);
         r["replica"] = json!(self.replica);
-        let r = with_outcome(r, "UNAUTHENTICATED", Some(&clip(reason)), 0, 0, Duration::ZERO);
+        let r = with_outcome(r, "UNAUTHENTICATED", Some(&cut(reason)), 0, 0, Duration::ZERO);
         if self.tx.try_send(Msg::Record(r)).is_err() {
             self.auth_failures_suppressed.fetch_add(1, Ordering::Relaxed);
         }
@@ -254,35 +255,26 @@ impl AuditLog {
 /// Failed authentications recorded per source address and minute; the rest are counted.
 pub const AUTH_FAILURES_PER_SOURCE: u32 = 20;
 
-/// Values in a record are cut to this many characters (user agents, subjects, roles...): a
-/// caller cannot make one request write a large record.
-const MAX_FIELD_CHARS: usize = 200;
-/// At most this many roles are recorded per actor.
+/// At most this many roles are recorded per actor. Every value a caller influences (user agent,
+/// subject, roles, ...) is cut by [`cut`], so one request cannot write a large record.
 const MAX_ROLES: usize = 32;
-
-fn clip(s: &str) -> String {
-    match s.char_indices().nth(MAX_FIELD_CHARS) {
-        None => s.to_string(),
-        Some((at, _)) => format!("{}…", &s[..at]),
-    }
-}
 
 fn base(kind: &str, rpc: &str, client: &Client, actor: Option<&Principal>) -> Value {
     json!({
         "event_id": uuid::Uuid::new_v4().to_string(),
         "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "kind": kind,
-        "rpc": clip(rpc),
+        "rpc": cut(rpc),
         "client": {
-            "address": client.address.as_deref().map(clip),
-            "user_agent": client.user_agent.as_deref().map(clip),
+            "address": client.address.as_deref().map(cut),
+            "user_agent": client.user_agent.as_deref().map(cut),
         },
         "actor": actor.map(|p| json!({
-            "sub": clip(&p.subject),
-            "iss": clip(&p.issuer),
+            "sub": cut(&p.subject),
+            "iss": cut(&p.issuer),
             "auth_method": p.method,
-            "roles": p.roles.iter().take(MAX_ROLES).map(|r| clip(r)).collect::<Vec<_>>(),
-            "purpose": p.purpose.as_deref().map(clip),
+            "roles": p.roles.iter().take(MAX_ROLES).map(|r| cut(r)).collect::<Vec<_>>(),
+            "purpose": p.purpose.as_deref().map(cut),
         })),
     })
 }

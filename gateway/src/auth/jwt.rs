@@ -106,11 +106,6 @@ impl GatewayTokens {
         self
     }
 
-    /// The issuer of the gateway's tokens.
-    pub fn issuer(&self) -> &str {
-        &self.issuer
-    }
-
     /// A token for `p`, who has just authenticated (a password, the command line), valid for
     /// `ttl` (the configured lifetime when `None`).
     pub fn issue(&self, p: &Principal, ttl: Option<Duration>) -> Result<String> {

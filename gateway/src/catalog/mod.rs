@@ -244,15 +244,14 @@ impl Catalog {
         if let Some(problem) = &governance_problem {
             tracing::warn!(error = %problem, "governance refused; the rules in force stay");
         }
-        let in_force = match (&self.governance, &prepared) {
-            (_, Some(rules)) => Some(RulesRef::New(rules)),
-            (Some(g), None) => Some(RulesRef::Current(g.rules())),
-            (None, None) => None,
-        };
+        // Products are checked against the rules that will be in force: the new ones, or those
+        // that stay.
+        let current = if prepared.is_none() { self.governance.as_ref().map(|g| g.rules()) } else { None };
+        let in_force: Option<&Rules> = prepared.as_ref().or(current.as_deref());
         let mut entries = BTreeMap::new();
         for ((domain, name), product) in loaded {
-            let product = product.and_then(|p| match &in_force {
-                Some(rules) => check_classifications(rules.get(), p),
+            let product = product.and_then(|p| match in_force {
+                Some(rules) => check_classifications(rules, p),
                 None => Ok(p),
             });
             let entry = match product {
@@ -289,21 +288,6 @@ impl Catalog {
         self.generation.send_replace(generation);
         tracing::info!(generation, available = report.available, refused = report.problems.len(), "catalog loaded");
         Ok(report)
-    }
-}
-
-/// The rules a reload checks products against: the new ones, or those still in force.
-enum RulesRef<'a> {
-    New(&'a Rules),
-    Current(Arc<Rules>),
-}
-
-impl RulesRef<'_> {
-    fn get(&self) -> &Rules {
-        match self {
-            RulesRef::New(r) => r,
-            RulesRef::Current(r) => r,
-        }
     }
 }
 

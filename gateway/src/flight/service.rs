@@ -433,13 +433,13 @@ impl FlightService for MeshFlightService {
         let headers = request.metadata().clone().into_headers();
         let already = request.extensions().get::<Principal>().cloned();
         let client = client(&request);
+        let source = request.remote_addr().map(|a| a.ip());
         let mut incoming = request.into_inner();
         let first = incoming.message().await?.unwrap_or_default();
         let Some(auth) = &self.auth else {
             let reply = HandshakeResponse { protocol_version: first.protocol_version, payload: first.payload };
             return Ok(Response::new(futures::stream::once(async { Ok(reply) }).boxed()));
         };
-        let source = client.address.as_deref().and_then(|a| a.parse::<std::net::SocketAddr>().ok()).map(|a| a.ip());
         // Basic credentials start a session; a bearer token renews one, never past the
         // credential presented or the session's limit.
         let issued = match basic_credentials(&headers, &first) {
@@ -572,15 +572,14 @@ impl FlightService for MeshFlightService {
 impl MeshFlightService {
     /// Runs an action for `p`; the caller records the outcome.
     async fn do_action_for(&self, p: &Principal, action: &Action) -> Result<Vec<u8>, Status> {
-        let p = p.clone();
         let gov = self.catalog.governance();
-        let vis = |_: &str, _: &str, prod: Option<&Product>| Self::visible(gov, &p, prod);
-        let may_admin = gov.is_none_or(|g| g.may_admin(&p));
+        let vis = |_: &str, _: &str, prod: Option<&Product>| Self::visible(gov, p, prod);
+        let may_admin = gov.is_none_or(|g| g.may_admin(p));
         let generation = self.catalog.snapshot().generation;
         let counts = |product: &Product, port: &Arc<Port>| match gov {
             None => true,
             Some(g) => g
-                .access(&self.ctx, &p, product, port, generation)
+                .access(&self.ctx, p, product, port, generation)
                 .is_ok_and(|a| a.table.is_some() && a.row_filters.is_empty() && a.masks.is_empty()),
         };
         Ok(actions::run(&self.catalog, &action.r#type, &action.body, &vis, &counts, may_admin).await?)

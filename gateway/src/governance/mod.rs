@@ -298,11 +298,9 @@ impl Governance {
     }
 
     /// Puts `rules` in force.
-    pub fn install(&self, rules: Rules) -> String {
-        let version = rules.policies.version.clone();
+    pub fn install(&self, rules: Rules) {
         self.rules.store(Arc::new(rules));
         self.cache.invalidate_all();
-        version
     }
 
     /// The classifications used by `product`'s contracts that `rules` do not know, as
