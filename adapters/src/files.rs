@@ -19,17 +19,13 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Statistics;
 use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat;
-use datafusion::datasource::file_format::arrow::ArrowFormat;
 use datafusion::datasource::file_format::csv::CsvFormat;
 use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::{CastExpr, Column};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::projection::ProjectionExec;
 use futures::StreamExt;
 use serde::Deserialize;
 
@@ -152,7 +148,7 @@ impl FilesBinding {
                 )
             }
             FileFormatKind::Json => Arc::new(JsonFormat::default().with_options(options.json)),
-            FileFormatKind::Arrow => Arc::new(ArrowFormat),
+            FileFormatKind::Arrow => Arc::new(crate::ipc::BlockwiseArrowFormat),
         })
     }
 
@@ -230,8 +226,7 @@ impl Adapter for FilesAdapter {
         let url = resolve_location(&b.location, ctx)?;
         let extension = b.extension();
         let mut options = ListingOptions::new(b.format(&ctx.state)?).with_file_extension(extension.clone());
-        let table =
-            FilesTable { inner: None, url: url.clone(), extension, location: b.location.clone(), cast_to: None };
+        let table = FilesTable { inner: None, url: url.clone(), extension, location: b.location.clone() };
         table.check_present(&ctx.state).await?;
         let partitions = match &b.partition_columns {
             Some(cols) => cols.iter().map(|c| (c.name.clone(), c.kind.data_type())).collect(),
@@ -244,18 +239,13 @@ impl Adapter for FilesAdapter {
         };
         options = options.with_table_partition_cols(partitions);
         let mut config = ListingTableConfig::new(url).with_listing_options(options).infer_schema(&ctx.state).await?;
-        // The IPC reader hands out the file's types as they are: those are cast above the scan.
-        // The other readers produce declared types themselves (Parquet decodes straight into
-        // them), with filters still pushed into the scan.
-        let cast_above = b.format == FileFormatKind::Arrow;
-        if let Some(served) = config.file_schema.as_deref().and_then(|s| ctx.string_types.apply(s))
-            && !cast_above
-        {
+        // Every reader produces the declared types itself (Parquet decodes straight into them,
+        // the IPC reader casts each batch), so filters still reach the scan.
+        if let Some(served) = config.file_schema.as_deref().and_then(|s| ctx.string_types.apply(s)) {
             config = config.with_schema(served);
         }
         let inner = ListingTable::try_new(config)?;
-        let cast_to = if cast_above { ctx.string_types.apply(&inner.schema()) } else { None };
-        Ok(Arc::new(FilesTable { inner: Some(inner), cast_to, ..table }))
+        Ok(Arc::new(FilesTable { inner: Some(inner), ..table }))
     }
 
     async fn health(&self, table: &Arc<dyn TableProvider>, ctx: &OpenContext) -> Health {
@@ -277,8 +267,6 @@ pub struct FilesTable {
     url: ListingTableUrl,
     extension: String,
     location: String,
-    /// The served schema, when the reader yields other (view) types that are cast above it.
-    cast_to: Option<SchemaRef>,
 }
 
 impl FilesTable {
@@ -310,7 +298,7 @@ impl FilesTable {
 #[async_trait]
 impl TableProvider for FilesTable {
     fn schema(&self) -> SchemaRef {
-        self.cast_to.clone().unwrap_or_else(|| self.inner().schema())
+        self.inner().schema()
     }
 
     fn table_type(&self) -> TableType {
@@ -325,67 +313,19 @@ impl TableProvider for FilesTable {
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         self.check_present(state).await.map_err(Error::into_datafusion)?;
-        let plan = self.inner().scan(state, projection, filters, limit).await?;
-        match &self.cast_to {
-            None => Ok(plan),
-            Some(served) => cast_plan(plan, served, projection),
-        }
+        self.inner().scan(state, projection, filters, limit).await
     }
 
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
     ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
-        let Some(served) = &self.cast_to else {
-            return self.inner().supports_filters_pushdown(filters);
-        };
-        // A filter typed against the served schema cannot run on a column still of the file's
-        // type: those stay above the cast.
-        let stored = self.inner().schema();
-        let changed = |e: &Expr| {
-            e.column_refs().iter().any(|c| {
-                served.field_with_name(&c.name).map(|f| f.data_type()).ok()
-                    != stored.field_with_name(&c.name).map(|f| f.data_type()).ok()
-            })
-        };
-        let delegated = self.inner().supports_filters_pushdown(filters)?;
-        Ok(filters
-            .iter()
-            .zip(delegated)
-            .map(|(f, d)| if changed(f) { TableProviderFilterPushDown::Unsupported } else { d })
-            .collect())
+        self.inner().supports_filters_pushdown(filters)
     }
 
     fn statistics(&self) -> Option<Statistics> {
         self.inner().statistics()
     }
-}
-
-/// `plan` with every column whose type differs from `served` (indexed through `projection`)
-/// cast to the served type.
-fn cast_plan(
-    plan: Arc<dyn ExecutionPlan>,
-    served: &SchemaRef,
-    projection: Option<&Vec<usize>>,
-) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-    let input = plan.schema();
-    let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::with_capacity(input.fields().len());
-    let mut differs = false;
-    for (i, field) in input.fields().iter().enumerate() {
-        let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new(field.name(), i));
-        let target = projection.map_or(i, |p| p[i]);
-        let want = served.field(target).data_type();
-        if want == field.data_type() {
-            exprs.push((column, field.name().clone()));
-        } else {
-            differs = true;
-            exprs.push((Arc::new(CastExpr::new(column, want.clone(), None)), field.name().clone()));
-        }
-    }
-    if !differs {
-        return Ok(plan);
-    }
-    Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! - [`AdapterRegistry`]: maps a binding to its adapter.
 //! - [`files`]: Parquet, CSV, newline-delimited JSON and Arrow IPC through DataFusion listing
 //!   tables over `object_store`.
+//! - [`ipc`]: Arrow IPC files read block by block (the `files` adapter's IPC reader).
 //! - [`memory`]: in-memory record batches, for tests and embedding.
 //!
 //! Adding a storage kind is one module here, one [`Binding`] variant and one registry line; see
@@ -27,6 +28,7 @@ use datafusion::execution::session_state::SessionState;
 pub mod binding;
 pub mod error;
 pub mod files;
+pub mod ipc;
 pub mod memory;
 mod registry;
 
