@@ -17,4 +17,4 @@ USER meshgate
 WORKDIR /srv/meshgate
 EXPOSE 8815
 ENTRYPOINT ["meshgate"]
-CMD ["serve", "--listen", "0.0.0.0:8815", "--allow-plaintext", "--mesh", "/mesh", "--auth", "/config/auth.yaml", "--audit-log", "/srv/meshgate/audit/audit.jsonl"]
+CMD ["serve", "--listen", "0.0.0.0:8815", "--allow-plaintext", "--mesh", "/mesh", "--auth", "/config/auth.yaml", "--audit-log", "/srv/meshgate/audit"]

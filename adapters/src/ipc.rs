@@ -27,8 +27,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryViewArray, GenericByteViewArray, RecordBatch, RecordBatchOptions,
-    StringArray, StringViewArray,
+    Array, ArrayRef, BinaryArray, BinaryViewArray, GenericByteViewArray, RecordBatch, RecordBatchOptions, StringArray,
+    StringViewArray,
 };
 use arrow::buffer::{Buffer, OffsetBuffer};
 use arrow::datatypes::{ByteViewType, DataType, Schema, SchemaRef};
@@ -43,11 +43,11 @@ use datafusion::common::{DataFusionError, GetExt, Statistics};
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::arrow::ArrowFormat;
 use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
+use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileOpenFuture, FileOpener, FileScanConfig, FileSource};
 use datafusion::datasource::projection::{ProjectionOpener, SplitProjection};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
-use datafusion::datasource::listing::PartitionedFile;
 use datafusion::error::Result;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::projection::ProjectionExprs;
@@ -194,7 +194,8 @@ impl FileOpener for BlockOpener {
             let location = file.object_meta.location.clone();
             let size = file.object_meta.size;
             let range = file.range.as_ref().map(|r| r.start as u64..r.end as u64);
-            let tail = if size >= TRAILER { Some(fetch(&store, &location, Some(size - TRAILER..size)).await?) } else { None };
+            let tail =
+                if size >= TRAILER { Some(fetch(&store, &location, Some(size - TRAILER..size)).await?) } else { None };
             match tail {
                 Some(tail) if tail.ends_with(b"ARROW1") => open_file(store, location, size, &tail, range, want).await,
                 _ => open_stream(store, location, want).await,
@@ -316,11 +317,13 @@ fn conform(batch: RecordBatch, want: &SchemaRef) -> std::result::Result<RecordBa
             }
             match (c.data_type(), f.data_type()) {
                 (DataType::Utf8View, DataType::Utf8) => {
-                    let (offsets, values, nulls) = view_parts(c.as_any().downcast_ref::<StringViewArray>().expect("Utf8View"))?;
+                    let (offsets, values, nulls) =
+                        view_parts(c.as_any().downcast_ref::<StringViewArray>().expect("Utf8View"))?;
                     Ok(Arc::new(StringArray::try_new(offsets, values, nulls)?) as ArrayRef)
                 }
                 (DataType::BinaryView, DataType::Binary) => {
-                    let (offsets, values, nulls) = view_parts(c.as_any().downcast_ref::<BinaryViewArray>().expect("BinaryView"))?;
+                    let (offsets, values, nulls) =
+                        view_parts(c.as_any().downcast_ref::<BinaryViewArray>().expect("BinaryView"))?;
                     Ok(Arc::new(BinaryArray::try_new(offsets, values, nulls)?) as ArrayRef)
                 }
                 (stored, wanted) => {
@@ -349,7 +352,8 @@ fn view_parts<T: ByteViewType + ?Sized>(
     offsets.push(0i32);
     let inline: usize = array.views().iter().map(|v| (*v as u32 as usize).min(12)).sum();
     let mut values: Vec<u8> = Vec::with_capacity(inline + buffers.iter().map(|b| b.len()).sum::<usize>());
-    let out_of_bounds = |i: usize| ArrowError::InvalidArgumentError(format!("view {i} points outside its data buffers"));
+    let out_of_bounds =
+        |i: usize| ArrowError::InvalidArgumentError(format!("view {i} points outside its data buffers"));
     for (i, view) in array.views().iter().enumerate() {
         if nulls.is_none_or(|n| n.is_valid(i)) {
             let len = *view as u32 as usize;
@@ -361,9 +365,8 @@ fn view_parts<T: ByteViewType + ?Sized>(
                 values.extend_from_slice(buffer.get(start..start + len).ok_or_else(|| out_of_bounds(i))?);
             }
         }
-        let end = i32::try_from(values.len()).map_err(|_| {
-            ArrowError::InvalidArgumentError("a batch holds over 2 GiB of text in one column".into())
-        })?;
+        let end = i32::try_from(values.len())
+            .map_err(|_| ArrowError::InvalidArgumentError("a batch holds over 2 GiB of text in one column".into()))?;
         offsets.push(end);
     }
     Ok((OffsetBuffer::new(offsets.into()), Buffer::from_vec(values), nulls.cloned()))
@@ -474,7 +477,8 @@ mod tests {
         (0..n)
             .map(|i| {
                 let ids = Int64Array::from_iter_values((0..1000).map(|j| (i * 1000 + j) as i64));
-                let names = StringViewArray::from_iter((0..1000).map(|j| Some(format!("a fairly long name number {j}"))));
+                let names =
+                    StringViewArray::from_iter((0..1000).map(|j| Some(format!("a fairly long name number {j}"))));
                 RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(ids), Arc::new(names)]).unwrap()
             })
             .collect()
@@ -496,8 +500,8 @@ mod tests {
     async fn reads_every_block_of_split_files_into_declared_types() {
         let dir = tempfile::tempdir().unwrap();
         let data = batches(40);
-        let mut w = FileWriter::try_new(std::fs::File::create(dir.path().join("a.arrow")).unwrap(), &data[0].schema())
-            .unwrap();
+        let mut w =
+            FileWriter::try_new(std::fs::File::create(dir.path().join("a.arrow")).unwrap(), &data[0].schema()).unwrap();
         data.iter().for_each(|b| w.write(b).unwrap());
         w.finish().unwrap();
         let mut w =
@@ -513,7 +517,8 @@ mod tests {
             ctx.copied_config().with_target_partitions(4).with_repartition_file_min_size(1),
         );
         ctx.register_table("t", t).unwrap();
-        let df = ctx.sql("SELECT count(*), count(DISTINCT id), max(name), min(arrow_typeof(name)) FROM t").await.unwrap();
+        let df =
+            ctx.sql("SELECT count(*), count(DISTINCT id), max(name), min(arrow_typeof(name)) FROM t").await.unwrap();
         let out = arrow::util::pretty::pretty_format_batches(&df.collect().await.unwrap()).unwrap().to_string();
         assert!(out.contains("| 43000    | 40000"), "{out}");
         assert!(out.contains("| Utf8 "), "{out}");
@@ -526,12 +531,14 @@ mod tests {
     async fn a_file_without_a_declared_column_is_named_in_the_error() {
         let dir = tempfile::tempdir().unwrap();
         let data = batches(1);
-        let mut w = FileWriter::try_new(std::fs::File::create(dir.path().join("a.arrow")).unwrap(), &data[0].schema())
-            .unwrap();
+        let mut w =
+            FileWriter::try_new(std::fs::File::create(dir.path().join("a.arrow")).unwrap(), &data[0].schema()).unwrap();
         w.write(&data[0]).unwrap();
         w.finish().unwrap();
-        let declared =
-            Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("x", DataType::Utf8, true)]));
+        let declared = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("x", DataType::Utf8, true),
+        ]));
         let (ctx, t) = table(dir.path(), Some(declared)).await;
         ctx.register_table("t", t).unwrap();
         let e = ctx.sql("SELECT x FROM t").await.unwrap().collect().await.unwrap_err().to_string();
@@ -593,7 +600,10 @@ mod tests {
                 let (ctx, t) = table(dir.path(), declared).await;
                 ctx.register_table("t", t).unwrap();
                 let e = ctx.sql("SELECT s FROM t").await.unwrap().collect().await.unwrap_err().to_string();
-                assert!(e.contains("a.arrow") && e.contains("not a readable Arrow IPC file"), "{tamper} {classic}: {e}");
+                assert!(
+                    e.contains("a.arrow") && e.contains("not a readable Arrow IPC file"),
+                    "{tamper} {classic}: {e}"
+                );
             }
         }
     }

@@ -70,9 +70,19 @@ pub struct GatewayConfig {
     #[arg(long, env = "MESHGATE_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
 
-    /// The audit log (JSON lines, hash-chained). Required with --auth.
+    /// The audit log's folder (segments of hash-chained JSON lines and a checkpoint). Required
+    /// with --auth.
     #[arg(long, env = "MESHGATE_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
+
+    /// Size at which an audit segment is closed and the next one started (suffixes KiB, MiB).
+    #[arg(long, env = "MESHGATE_AUDIT_SEGMENT_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub audit_segment_size: usize,
+
+    /// How long a call waits for room in the audit queue and for its record to be durable
+    /// before it is refused (`UNAVAILABLE`).
+    #[arg(long, env = "MESHGATE_AUDIT_WAIT", default_value = "5s", value_parser = parse_duration)]
+    pub audit_wait: Duration,
 
     /// Keep serving when the audit log cannot be written (default: refuse requests).
     #[arg(long, env = "MESHGATE_AUDIT_FAIL_OPEN")]
@@ -123,6 +133,8 @@ impl GatewayConfig {
             auth: None,
             insecure_no_auth: true,
             audit_log: None,
+            audit_segment_size: 64 << 20,
+            audit_wait: Duration::from_secs(5),
             audit_fail_open: false,
             replica: "meshgate-0".into(),
             batch_size: DEFAULT_BATCH_SIZE,

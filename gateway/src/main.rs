@@ -121,10 +121,11 @@ enum UsersCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Check an audit log's hash chain; reports the first broken record.
+    /// Check a whole audit log: every segment's hash chain, the links between segments, and the
+    /// checkpoint; reports the first broken record or a log cut short.
     Verify {
-        /// The log.
-        file: PathBuf,
+        /// The log's folder (`--audit-log`).
+        dir: PathBuf,
     },
 }
 
@@ -179,7 +180,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Users(UsersCommand::Add { file, name, password_env, identity }) => {
             add_user(&file, &name, password_env, identity)
         }
-        Command::Audit(AuditCommand::Verify { file }) => verify_audit(&file),
+        Command::Audit(AuditCommand::Verify { dir }) => verify_audit(&dir),
     };
     match outcome {
         Ok(code) => code,
@@ -254,15 +255,16 @@ fn add_user(
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify_audit(file: &std::path::Path) -> Result<ExitCode, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    match meshgate::audit::chain::verify(&text) {
-        Ok((records, _)) => {
-            println!("ok: {records} records, chain intact");
+fn verify_audit(dir: &std::path::Path) -> Result<ExitCode, String> {
+    match meshgate::audit::segments::verify_all(dir) {
+        Ok(r) => {
+            let checkpoint = if r.checkpointed { ", matches its checkpoint" } else { ", no checkpoint yet" };
+            println!("ok: {} records in {} segments, chain intact{checkpoint}", r.records, r.segments);
             Ok(ExitCode::SUCCESS)
         }
-        Err(b) => {
-            println!("broken at line {}: {}", b.line, b.reason);
+        Err(e @ meshgate::audit::segments::Error::Io { .. }) => Err(e.to_string()),
+        Err(e) => {
+            println!("broken: {e}");
             Ok(ExitCode::FAILURE)
         }
     }
@@ -274,7 +276,7 @@ async fn serve(mut config: GatewayConfig) -> Result<ExitCode, String> {
         return Err(format!(
             "no mesh and no authentication configured, and {} is not a loopback address: the sample mesh \
              and its development users are served only on 127.0.0.1. Mount your mesh and an auth \
-             configuration and pass --mesh DIR --auth FILE --audit-log FILE (docs/deployment.md)",
+             configuration and pass --mesh DIR --auth FILE --audit-log DIR (docs/deployment.md)",
             config.listen
         ));
     }
@@ -294,7 +296,7 @@ async fn serve(mut config: GatewayConfig) -> Result<ExitCode, String> {
             let dev = PathBuf::from(".meshgate");
             let auth = sample::write_dev_auth(&dev).map_err(|e| e.to_string())?;
             config.auth = Some(auth);
-            config.audit_log.get_or_insert_with(|| dev.join("audit.jsonl"));
+            config.audit_log.get_or_insert_with(|| dev.join("audit"));
             tracing::info!(
                 "authentication is on. Development token: `meshgate token issue --sub alice --roles analyst --attr region=EMEA`, \
                  or Basic credentials alice / alice-dev-password in Handshake (README: sample users)"

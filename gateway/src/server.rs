@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, AuditOptions};
 use crate::auth::layer::{AuthLayer, AuthMode, FailureSink};
 use crate::auth::{AuthConfig, Authenticator};
 use crate::catalog::{Catalog, CatalogWatcher};
@@ -55,6 +55,12 @@ pub enum Error {
     Audit(#[from] crate::audit::Error),
 }
 
+/// How long calls that finished get to hand over their records at shutdown.
+const ENDING: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long streams told to end at shutdown get to record that themselves.
+const ENDED_STREAMS: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
@@ -64,6 +70,8 @@ pub struct Gateway {
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     grace: std::time::Duration,
     audit: Option<Arc<AuditLog>>,
+    /// Ends running streams at shutdown, after the grace period.
+    stop: tokio::sync::watch::Sender<bool>,
     _watcher: Option<CatalogWatcher>,
 }
 
@@ -140,10 +148,24 @@ impl Gateway {
             }
         };
         let audit = match (&config.audit_log, &authenticator) {
-            (Some(path), _) => Some(AuditLog::open(path, config.audit_fail_open, &config.replica).await?),
+            (Some(dir), _) => Some(
+                AuditLog::open(
+                    dir,
+                    AuditOptions {
+                        fail_open: config.audit_fail_open,
+                        replica: config.replica.clone(),
+                        segment_bytes: config.audit_segment_size as u64,
+                        wait: config.audit_wait,
+                        ..AuditOptions::default()
+                    },
+                )
+                .await?,
+            ),
             (None, None) => None,
             (None, Some(_)) => {
-                return Err(Error::Config("with authentication on, give the audit log's file with --audit-log".into()));
+                return Err(Error::Config(
+                    "with authentication on, give the audit log's folder with --audit-log".into(),
+                ));
             }
         };
         let ctx = session_context(&config)?;
@@ -153,7 +175,7 @@ impl Gateway {
                 .await?,
         );
         if let Some(log) = &audit {
-            catalog.add_builtin(crate::audit::product::product(log.path()));
+            catalog.add_builtin(crate::audit::product::product(log.dir()));
         }
         let watcher = if config.no_watch {
             None
@@ -184,6 +206,8 @@ impl Gateway {
         if let Some(log) = &audit {
             flight = flight.with_audit(Arc::clone(log));
         }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        flight = flight.with_stop(stopped);
         let on_failure = audit.clone().map(|log| -> FailureSink {
             Arc::new(move |parts: &http::request::Parts, e: &crate::auth::Error| {
                 let address = parts
@@ -218,7 +242,16 @@ impl Gateway {
             let _ = rx.await;
         }));
         tracing::info!(%addr, tls = config.tls_cert.is_some(), mesh = %catalog.mesh_dir().display(), "listening");
-        Ok(Self { addr, catalog, shutdown: Some(tx), task, grace: config.shutdown_grace, audit, _watcher: watcher })
+        Ok(Self {
+            addr,
+            catalog,
+            shutdown: Some(tx),
+            task,
+            grace: config.shutdown_grace,
+            audit,
+            stop,
+            _watcher: watcher,
+        })
     }
 
     /// The address the gateway listens on.
@@ -236,24 +269,35 @@ impl Gateway {
         self.audit.as_ref()
     }
 
-    /// Stops accepting, waits up to the grace period for running streams, then flushes the
-    /// audit log and stops.
+    /// Stops in order: stop accepting; let running streams finish within the grace period; end
+    /// the rest (`UNAVAILABLE`, outcome recorded) and wait for their records; then commit and
+    /// close the audit log.
     pub async fn shutdown(mut self) -> Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         let served = tokio::time::timeout(self.grace, &mut self.task).await;
+        let overran = served.is_err();
+        if overran {
+            tracing::warn!(grace = ?self.grace, "streams still running after the grace period; ending them");
+            // Streams being polled end with UNAVAILABLE and record that themselves.
+            let _ = self.stop.send(true);
+        }
         if let Some(log) = &self.audit {
+            let settle = if overran { ENDED_STREAMS } else { ENDING };
+            if !log.drained(settle).await {
+                // Streams nobody polls (a client that stopped reading) are ended in the log.
+                log.end_open_calls().await;
+            }
             log.close().await;
+        }
+        if overran {
+            self.task.abort();
         }
         match served {
             Ok(Ok(served)) => served.map_err(Error::from),
             Ok(Err(join)) => Err(Error::Config(format!("server task failed: {join}"))),
-            Err(_) => {
-                tracing::warn!(grace = ?self.grace, "streams still running after the grace period; closing them");
-                self.task.abort();
-                Ok(())
-            }
+            Err(_) => Ok(()),
         }
     }
 

@@ -101,7 +101,7 @@ async fn a_hash_mask_without_a_salt_is_refused() {
     let mut config = meshgate::GatewayConfig::for_mesh(&mesh);
     config.insecure_no_auth = false;
     config.auth = Some(auth);
-    config.audit_log = Some(dir.path().join("audit.jsonl"));
+    config.audit_log = Some(dir.path().join("audit"));
     let e = meshgate::Gateway::bind(config, Default::default()).await.unwrap_err();
     assert!(e.to_string().contains("needs a secret salt"), "{e}");
 }

@@ -269,7 +269,9 @@ async fn the_audit_chain_verifies_and_any_edit_breaks_it() {
     let got = read_all(&mut a, path("customers", "profiles")).await.unwrap();
     let _ = s.client(None).await.list_flights("").await;
     let log = s.audit_log().await;
-    let read: Value = serde_json::from_str(log.lines().find(|l| l.contains("\"DoGet\"")).unwrap()).unwrap();
+    let read: Value =
+        serde_json::from_str(log.lines().find(|l| l.contains("\"DoGet\"") && l.contains("\"kind\":\"read\"")).unwrap())
+            .unwrap();
     assert_eq!(read["outcome"]["status"], "OK");
     assert_eq!(read["outcome"]["rows"], rows(&got) as u64);
     assert_eq!(read["actor"]["sub"], "alice");
@@ -277,24 +279,34 @@ async fn the_audit_chain_verifies_and_any_edit_breaks_it() {
     assert!(read["decision"]["masks"].as_array().unwrap().iter().any(|m| m == "email: redact"));
     assert!(!log.contains("@example.com"), "an unmasked value reached the audit log");
     let dir = s.stop().await;
-    let path = dir.path().join("audit.jsonl");
-    verify(&path, None);
-    let text = std::fs::read_to_string(&path).unwrap();
+    let log_dir = dir.path().join("audit");
+    verify(&log_dir, None);
+    let [segment] = &meshgate::audit::segments::list(&log_dir).unwrap()[..] else { panic!("one segment") };
+    let text = std::fs::read_to_string(&segment.path).unwrap();
+    let edited_dir = dir.path().join("edited");
     for (i, _) in text.lines().enumerate() {
         let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
         lines[i] = lines[i].replacen("\"rpc\":\"", "\"rpc\":\"x", 1);
-        let edited = path.with_extension("edited");
-        std::fs::write(&edited, lines.join("\n") + "\n").unwrap();
-        verify(&edited, Some(i + 1));
+        let _ = std::fs::remove_dir_all(&edited_dir);
+        std::fs::create_dir_all(&edited_dir).unwrap();
+        std::fs::write(edited_dir.join(segment.path.file_name().unwrap()), lines.join("\n") + "\n").unwrap();
+        verify(&edited_dir, Some(i + 1));
     }
-}
-
-fn verify(file: &Path, broken_at: Option<usize>) {
+    // The last records removed, the chain itself intact: the checkpoint gives it away.
+    let kept: String = text.split_inclusive('\n').take(text.lines().count() - 2).collect();
+    std::fs::write(&segment.path, kept).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
         .args(["audit", "verify"])
-        .arg(file)
+        .arg(&log_dir)
         .output()
         .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cut short"), "{out:?}");
+}
+
+fn verify(dir: &Path, broken_at: Option<usize>) {
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_meshgate")).args(["audit", "verify"]).arg(dir).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     match broken_at {
         None => assert!(out.status.success(), "{text}"),
@@ -428,7 +440,7 @@ async fn jwks_over_https_with_a_rate_limited_refresh() {
     let mut config = GatewayConfig::for_mesh(&mesh);
     config.insecure_no_auth = false;
     config.auth = Some(dir.path().join("auth.yaml"));
-    config.audit_log = Some(dir.path().join("audit.jsonl"));
+    config.audit_log = Some(dir.path().join("audit"));
     config.no_watch = true;
     let gateway = Gateway::bind(config, Default::default()).await.unwrap();
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1, "fetched once at start");

@@ -38,7 +38,7 @@ def test_client_certificates_are_identities(tmp_path, sample_mesh):
         sample_mesh, "--no-watch",
         "--tls-cert", str(ours / "server.pem"), "--tls-key", str(ours / "server.key"),
         "--tls-client-ca", str(ours / "ca.pem"),
-        "--auth", str(tmp_path / "auth.yaml"), "--audit-log", str(tmp_path / "audit.jsonl"),
+        "--auth", str(tmp_path / "auth.yaml"), "--audit-log", str(tmp_path / "audit"),
         secure=True,
     )
     try:

@@ -30,33 +30,62 @@ pub struct Break {
 /// The chain's state after its last record: (next sequence number, last hash).
 pub type Tail = (u64, String);
 
-/// Checks every line of an audit log; returns the tail, or the first break.
-pub fn verify(text: &str) -> Result<Tail, Break> {
-    let mut seq = 0u64;
-    let mut prev = GENESIS.to_string();
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        let brk = |reason: String| Break { line: i + 1, reason };
+/// A chain being walked record by record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Walk {
+    /// Sequence number the next record must carry.
+    pub seq: u64,
+    /// Hash the next record's `prev_hash` must carry.
+    pub prev: String,
+}
+
+impl Walk {
+    /// The start of a log.
+    pub fn genesis() -> Self {
+        Self { seq: 0, prev: GENESIS.to_string() }
+    }
+
+    /// Checks one line (with its line end) against the chain and advances past it.
+    pub fn push(&mut self, line: &str) -> Result<(), String> {
         if !line.ends_with('\n') {
-            return Err(brk("the record is cut short (no line end): the file was truncated".into()));
+            return Err("the record is cut short (no line end): the file was truncated".into());
         }
-        let v: Value = serde_json::from_str(line).map_err(|e| brk(format!("not a JSON record: {e}")))?;
-        let got_seq = v.get("seq").and_then(Value::as_u64).ok_or_else(|| brk("no `seq`".into()))?;
-        if got_seq != seq {
-            return Err(brk(format!("sequence {got_seq} where {seq} was expected: a record was deleted or reordered")));
-        }
-        if v.get("prev_hash").and_then(Value::as_str) != Some(prev.as_str()) {
-            return Err(brk(
-                "`prev_hash` does not match the previous record: a record was deleted, reordered or changed".into(),
+        let v: Value = serde_json::from_str(line).map_err(|e| format!("not a JSON record: {e}"))?;
+        let got_seq = v.get("seq").and_then(Value::as_u64).ok_or("no `seq`")?;
+        if got_seq != self.seq {
+            return Err(format!(
+                "sequence {got_seq} where {} was expected: a record was deleted or reordered",
+                self.seq
             ));
+        }
+        if v.get("prev_hash").and_then(Value::as_str) != Some(self.prev.as_str()) {
+            return Err(
+                "`prev_hash` does not match the previous record: a record was deleted, reordered or changed".into()
+            );
         }
         let hash = hash_of(&v);
         if v.get("hash").and_then(Value::as_str) != Some(hash.as_str()) {
-            return Err(brk("the record's content does not match its hash: it was modified".into()));
+            return Err("the record's content does not match its hash: it was modified".into());
         }
-        seq += 1;
-        prev = hash;
+        self.seq += 1;
+        self.prev = hash;
+        Ok(())
     }
-    Ok((seq, prev))
+
+    /// Checks every line of `text`, numbering lines from 1.
+    pub fn push_all(&mut self, text: &str) -> Result<(), Break> {
+        for (i, line) in text.split_inclusive('\n').enumerate() {
+            self.push(line).map_err(|reason| Break { line: i + 1, reason })?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks every line of one log text that starts the chain; returns the tail, or the first break.
+pub fn verify(text: &str) -> Result<Tail, Break> {
+    let mut walk = Walk::genesis();
+    walk.push_all(text)?;
+    Ok((walk.seq, walk.prev))
 }
 
 #[cfg(test)]

@@ -1,20 +1,32 @@
 //! The audit log as a product: `_governance/audit`, read through the same governed path as any
 //! other product (the sample policies let only auditors discover or read it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use async_trait::async_trait;
-use datafusion::catalog::{MemTable, Session, TableProvider};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::pruning::PruningStatistics;
+use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::logical_expr::Expr;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::LexOrdering;
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use futures::{StreamExt, TryStreamExt};
 use meshgate_adapters::Binding;
 use meshgate_adapters::memory::MemoryBinding;
+use tokio::io::AsyncReadExt;
 
+use super::segments::{self, Segment};
 use crate::catalog::manifest::Property;
 use crate::catalog::{Contract, Port, Product};
 
@@ -35,6 +47,7 @@ pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("seq", DataType::Int64, true),
         text("time"),
+        text("started"),
         text("kind"),
         text("rpc"),
         text("event_id"),
@@ -65,15 +78,18 @@ pub fn schema() -> SchemaRef {
                 Field::new("duration_us", DataType::Int64, true),
             ],
         ),
+        record("suppressed", vec![Field::new("total", DataType::Int64, true), list("sources")]),
         text("prev_hash"),
         text("hash"),
     ]))
 }
 
-/// The log file read as a table, whole, at each scan.
+/// The log read as a table: segments streamed one after another in chunks (never the whole log
+/// in memory), skipping the segments a filter on `seq` or `time` excludes (by their names) when
+/// such a filter reaches the scan.
 #[derive(Debug)]
 pub struct AuditTable {
-    path: PathBuf,
+    dir: PathBuf,
     schema: SchemaRef,
 }
 
@@ -87,6 +103,11 @@ impl TableProvider for AuditTable {
         TableType::Base
     }
 
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Used to skip segments only; every row is still filtered above.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
     async fn scan(
         &self,
         state: &dyn Session,
@@ -94,22 +115,149 @@ impl TableProvider for AuditTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let text = tokio::fs::read(&self.path).await.map_err(|e| {
-            meshgate_adapters::Error::Unavailable(format!("the audit log cannot be read ({})", e.kind()))
-                .into_datafusion()
-        })?;
-        // Only whole lines: the writer may be appending the last one right now.
-        let end = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        let reader = arrow::json::ReaderBuilder::new(Arc::clone(&self.schema))
-            .build(&text[..end])
-            .map_err(DataFusionError::from)?;
-        let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(DataFusionError::from)?;
-        MemTable::try_new(Arc::clone(&self.schema), vec![batches])?.scan(state, projection, filters, limit).await
+        let dir = self.dir.clone();
+        let mut segments = tokio::task::spawn_blocking(move || segments::list(&dir))
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .map_err(|e| {
+                tracing::warn!(error = %e, "listing the audit segments failed");
+                meshgate_adapters::Error::Unavailable("the audit log cannot be read now".into()).into_datafusion()
+            })?;
+        if let Some(predicate) = conjunction(filters.iter().cloned()) {
+            let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+            let pruning = state
+                .create_physical_expr(predicate, &df_schema)
+                .ok()
+                .and_then(|e| PruningPredicateBuilder::new().with_file_schema(Arc::clone(&self.schema)).build(e));
+            // A predicate that cannot prune reads every segment: filtering happens above anyway.
+            if let Some(pruning) = pruning {
+                let keep = pruning.prune(&SegmentBounds(&segments))?;
+                let mut k = keep.into_iter();
+                segments.retain(|_| k.next().unwrap_or(true));
+            }
+        }
+        let stream = Arc::new(SegmentStream { schema: Arc::clone(&self.schema), segments });
+        Ok(Arc::new(StreamingTableExec::try_new(
+            Arc::clone(&self.schema),
+            vec![stream],
+            projection,
+            Vec::<LexOrdering>::new(),
+            false,
+            limit,
+        )?))
     }
 }
 
-/// The product serving the log at `path`.
-pub fn product(path: &Path) -> Product {
+/// Each segment's `seq` and `time` bounds, from the names: a segment's records lie between its
+/// own first record and the next segment's (the writer keeps `time` non-decreasing).
+struct SegmentBounds<'a>(&'a [Segment]);
+
+impl SegmentBounds<'_> {
+    fn bounds(&self, column: &Column, max: bool) -> Option<ArrayRef> {
+        let s = self.0;
+        match column.name.as_str() {
+            "seq" => Some(Arc::new(Int64Array::from_iter((0..s.len()).map(|i| {
+                let v = if max { s.get(i + 1).map(|n| n.first_seq.saturating_sub(1)) } else { Some(s[i].first_seq) };
+                v.and_then(|v| i64::try_from(v).ok())
+            })))),
+            "time" => Some(Arc::new(StringArray::from_iter((0..s.len()).map(|i| {
+                if max { s.get(i + 1).map(|n| n.first_time.clone()) } else { Some(s[i].first_time.clone()) }
+            })))),
+            _ => None,
+        }
+    }
+}
+
+impl PruningStatistics for SegmentBounds<'_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.bounds(column, false)
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.bounds(column, true)
+    }
+
+    fn num_containers(&self) -> usize {
+        self.0.len()
+    }
+
+    fn null_counts(&self, _column: &Column) -> Option<ArrayRef> {
+        None
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        None
+    }
+
+    fn contained(&self, _column: &Column, _values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
+        None
+    }
+}
+
+/// Streams the chosen segments, oldest first, a chunk at a time; a last line still being
+/// written is left for the next scan.
+#[derive(Debug)]
+struct SegmentStream {
+    schema: SchemaRef,
+    segments: Vec<Segment>,
+}
+
+/// Bytes read from a segment at a time.
+const CHUNK: usize = 1 << 20;
+
+impl PartitionStream for SegmentStream {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let schema = Arc::clone(&self.schema);
+        let paths: Vec<PathBuf> = self.segments.iter().map(|s| s.path.clone()).collect();
+        let unreadable = |e: std::io::Error| {
+            tracing::warn!(error = %e, "reading an audit segment failed");
+            meshgate_adapters::Error::Unavailable("the audit log cannot be read now".into()).into_datafusion()
+        };
+        let s = Arc::clone(&schema);
+        let batches = futures::stream::iter(paths)
+            .then(move |path| {
+                let schema = Arc::clone(&s);
+                async move {
+                    let mut file = tokio::fs::File::open(&path).await.map_err(unreadable)?;
+                    let mut decoder = arrow::json::ReaderBuilder::new(schema).build_decoder()?;
+                    let mut out = Vec::new();
+                    let mut carry: Vec<u8> = Vec::new();
+                    loop {
+                        let mut chunk = Vec::with_capacity(CHUNK);
+                        let n = (&mut file).take(CHUNK as u64).read_to_end(&mut chunk).await.map_err(unreadable)?;
+                        if n == 0 {
+                            break;
+                        }
+                        carry.extend_from_slice(&chunk);
+                        // Only whole lines: the writer may be appending the last one right now.
+                        let Some(end) = carry.iter().rposition(|b| *b == b'\n').map(|i| i + 1) else { continue };
+                        let mut fed = 0;
+                        while fed < end {
+                            let used = decoder.decode(&carry[fed..end])?;
+                            fed += used;
+                            if let Some(b) = decoder.flush()? {
+                                out.push(b);
+                            }
+                        }
+                        carry.drain(..end);
+                    }
+                    if let Some(b) = decoder.flush()? {
+                        out.push(b);
+                    }
+                    Ok::<_, DataFusionError>(futures::stream::iter(out.into_iter().map(Ok)))
+                }
+            })
+            .try_flatten();
+        Box::pin(RecordBatchStreamAdapter::new(schema, batches))
+    }
+}
+
+/// The product serving the log in the folder `dir`.
+pub fn product(dir: &Path) -> Product {
     let schema = schema();
     let properties: Vec<Property> = schema
         .fields()
@@ -160,11 +308,11 @@ pub fn product(path: &Path) -> Product {
             document: serde_json::json!({"kind": "DataContract", "id": "meshgate:governance:audit:v1", "version": "1.0.0"}),
         },
         binding: Binding::Memory(MemoryBinding { dataset: "_governance/audit".into() }),
-        table: Arc::new(AuditTable { path: path.to_path_buf(), schema: Arc::clone(&schema) }),
+        table: Arc::new(AuditTable { dir: dir.to_path_buf(), schema: Arc::clone(&schema) }),
         schema: served,
         total_records: -1,
         total_bytes: -1,
-        product_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        product_dir: dir.to_path_buf(),
     };
     Product {
         domain: "_governance".into(),
@@ -180,5 +328,45 @@ pub fn product(path: &Path) -> Product {
         ports: vec![Arc::new(port)],
         default_port: 0,
         document: serde_json::json!({"kind": "DataProduct", "id": "meshgate:governance:audit"}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditLog, AuditOptions, Client};
+    use crate::auth::Principal;
+
+    #[tokio::test]
+    async fn scans_skip_the_segments_a_filter_on_seq_excludes() {
+        let dir = tempfile::tempdir().unwrap();
+        let log =
+            AuditLog::open(dir.path(), AuditOptions { segment_bytes: 2_000, ..AuditOptions::default() }).await.unwrap();
+        let p = Principal::anonymous();
+        for _ in 0..40 {
+            log.begin("DoGet", Client::default(), &p).unwrap().ok().await.unwrap();
+        }
+        log.close().await;
+        let segs = segments::list(dir.path()).unwrap();
+        assert!(segs.len() > 4);
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table("audit", Arc::new(AuditTable { dir: dir.path().to_path_buf(), schema: schema() })).unwrap();
+        let count = |sql: String| {
+            let ctx = ctx.clone();
+            async move {
+                let batches = ctx.sql(&sql).await?.collect().await?;
+                Ok::<i64, DataFusionError>(
+                    arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(batches[0].column(0)).value(0),
+                )
+            }
+        };
+        assert_eq!(count("SELECT count(*) FROM audit".into()).await.unwrap(), 40);
+        // The oldest segment becomes unreadable: a scan that needs it fails, one whose filter
+        // excludes it never opens it.
+        std::fs::write(&segs[0].path, "not json\n").unwrap();
+        assert!(count("SELECT count(*) FROM audit".into()).await.is_err());
+        let from = segs[1].first_seq;
+        let sql = format!("SELECT count(*) FROM audit WHERE seq >= {from}");
+        assert_eq!(count(sql).await.unwrap(), 40 - from as i64);
     }
 }

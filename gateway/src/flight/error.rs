@@ -75,6 +75,9 @@ pub enum Error {
     /// Governance rules could not be applied; the call fails closed.
     #[error(transparent)]
     Governance(#[from] governance::Error),
+    /// The gateway is stopping; the read was ended.
+    #[error("the gateway is shutting down; read again (from another replica, or after the restart)")]
+    ShuttingDown,
     /// A fault of the gateway itself.
     #[error("internal error: {0}")]
     Internal(String),
@@ -148,9 +151,10 @@ fn to_status(e: &Error) -> Status {
         Error::Denied { .. } | Error::ForeignTicket => Status::permission_denied(msg),
         Error::Audit(a) => match a {
             audit::Error::Unavailable => Status::unavailable(msg),
-            audit::Error::Broken { .. } | audit::Error::Io { .. } => internal("the audit log is not usable"),
+            audit::Error::Broken { .. } | audit::Error::Start(_) => internal("the audit log is not usable"),
         },
         Error::Governance(_) => internal("governance rules could not be applied"),
+        Error::ShuttingDown => Status::unavailable(msg),
         Error::Internal(what) => internal(what),
     }
 }
@@ -256,6 +260,7 @@ mod tests {
         assert_eq!(code(Error::Denied { product: "a/b".into(), policy_ids: vec![] }), Code::PermissionDenied);
         assert_eq!(code(Error::ForeignTicket), Code::PermissionDenied);
         assert_eq!(code(Error::Audit(audit::Error::Unavailable)), Code::Unavailable);
+        assert_eq!(code(Error::ShuttingDown), Code::Unavailable);
         let g = governance::Error::Config { file: "x".into(), message: "y".into() };
         assert_eq!(code(Error::Governance(g)), Code::Internal);
     }

@@ -6,7 +6,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow::array::RecordBatch;
@@ -51,6 +50,8 @@ pub struct MeshFlightService {
     auth: Option<Arc<Authenticator>>,
     audit: Option<Arc<AuditLog>>,
     wire: WireOptions,
+    /// Turns true when the gateway stops: running streams end, their outcome recorded.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for MeshFlightService {
@@ -86,7 +87,22 @@ fn client<T>(req: &Request<T>) -> audit::Client {
 impl MeshFlightService {
     /// A service over `catalog`, planning with `ctx` and signing with `signer`.
     pub fn new(catalog: Arc<Catalog>, signer: TicketSigner, ctx: SessionContext) -> Self {
-        Self { catalog, signer, ctx, now: SystemTime::now, auth: None, audit: None, wire: WireOptions::default() }
+        Self {
+            catalog,
+            signer,
+            ctx,
+            now: SystemTime::now,
+            auth: None,
+            audit: None,
+            wire: WireOptions::default(),
+            stop: tokio::sync::watch::channel(false).1,
+        }
+    }
+
+    /// Ends running streams (with `UNAVAILABLE`, their outcome recorded) when `stop` turns true.
+    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = stop;
+        self
     }
 
     /// Verifies Basic credentials in `Handshake` with `auth`, and issues its tokens.
@@ -148,9 +164,8 @@ impl MeshFlightService {
         Ok(Read { product, port, planned, access })
     }
 
-    /// Runs `f`; a refusal by policy is written to the audit log before it is returned.
-    fn audited<T>(&self, rpc: &str, client: audit::Client, p: &Principal, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let out = f();
+    /// Passes `out` on; a refusal by policy is written to the audit log (durably) first.
+    async fn audited<T>(&self, rpc: &str, client: audit::Client, p: &Principal, out: Result<T>) -> Result<T> {
         if let (Err(Error::Denied { product, policy_ids }), Some(log)) = (&out, &self.audit) {
             let mut token = log.begin(rpc, client, p)?;
             let (domain, name) = product.split_once('/').unwrap_or((product.as_str(), ""));
@@ -160,7 +175,7 @@ impl MeshFlightService {
                 policy_ids: policy_ids.clone(),
                 ..Default::default()
             });
-            token.fail(&Status::permission_denied("denied by policy"))?;
+            token.fail(&Status::permission_denied("denied by policy")).await?;
         }
         out
     }
@@ -338,45 +353,79 @@ impl MeshFlightService {
     }
 }
 
-/// Counts what a stream delivers and records the outcome when it ends (or is dropped).
-struct Audited {
+/// Counts what a read delivers and records its outcome, durably, before the stream ends: the
+/// client sees the end of a stream only once its record is on disk, and a record that cannot
+/// be written ends the stream with `UNAVAILABLE` instead. When the gateway stops, the stream
+/// ends with `UNAVAILABLE` and that outcome is recorded. A stream dropped by its client is
+/// recorded as cancelled by the token.
+fn audited(
     inner: SendableRecordBatchStream,
     token: Option<AuditToken>,
-}
-
-impl Stream for Audited {
-    type Item = datafusion::error::Result<RecordBatch>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let item = self.inner.poll_next_unpin(cx);
-        match &item {
-            Poll::Ready(Some(Ok(b))) => {
-                if let Some(t) = self.token.as_mut() {
+    product: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> impl Stream<Item = Result<RecordBatch>> + Send {
+    struct Reading {
+        inner: SendableRecordBatchStream,
+        token: Option<AuditToken>,
+        product: String,
+        stop: tokio::sync::watch::Receiver<bool>,
+    }
+    async fn finish(token: Option<AuditToken>, status: Option<&Status>) -> Result<()> {
+        match (token, status) {
+            (None, _) => Ok(()),
+            (Some(t), None) => Ok(t.ok().await?),
+            (Some(t), Some(s)) => Ok(t.fail(s).await?),
+        }
+    }
+    async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+        if stop.wait_for(|s| *s).await.is_err() {
+            // The gateway was dropped without a shutdown: nothing will ever stop this stream.
+            std::future::pending::<()>().await;
+        }
+    }
+    let state = Some(Reading { inner, token, product, stop });
+    futures::stream::unfold(state, |state| async move {
+        let mut r = state?;
+        let next = tokio::select! {
+            biased;
+            () = stopped(&mut r.stop) => {
+                let e = Error::ShuttingDown;
+                let status = Status::unavailable(e.to_string());
+                let _ = finish(r.token.take(), Some(&status)).await;
+                return Some((Err(e), None));
+            }
+            next = r.inner.next() => next,
+        };
+        match next {
+            Some(Ok(b)) => {
+                if let Some(t) = r.token.as_mut() {
                     t.add(b.num_rows() as u64, b.get_array_memory_size() as u64);
                 }
+                Some((Ok(b), Some(r)))
             }
-            Poll::Ready(Some(Err(e))) => {
-                if let Some(t) = self.token.take() {
-                    let _ = t.fail(&Status::aborted(e.to_string()));
-                }
+            Some(Err(e)) => {
+                let e = Error::execution(r.product.clone(), e);
+                let status = Status::aborted("the read failed");
+                let _ = finish(r.token.take(), Some(&status)).await;
+                Some((Err(e), None))
             }
-            Poll::Ready(None) => {
-                if let Some(t) = self.token.take() {
-                    let _ = t.ok();
-                }
-            }
-            Poll::Pending => {}
+            None => match finish(r.token.take(), None).await {
+                Ok(()) => None,
+                Err(e) => Some((Err(e), None)),
+            },
         }
-        item
-    }
+    })
 }
 
 /// Maps an error raised mid-stream back to the gateway's errors.
 fn stream_error(product: &str, e: FlightError) -> Error {
     match e {
-        FlightError::ExternalError(b) => match b.downcast::<DataFusionError>() {
-            Ok(df) => Error::execution(product, *df),
-            Err(other) => Error::Internal(other.to_string()),
+        FlightError::ExternalError(b) => match b.downcast::<Error>() {
+            Ok(e) => *e,
+            Err(b) => match b.downcast::<DataFusionError>() {
+                Ok(df) => Error::execution(product, *df),
+                Err(other) => Error::Internal(other.to_string()),
+            },
         },
         FlightError::Arrow(a) => Error::execution(product, DataFusionError::ArrowError(Box::new(a), None)),
         other => Error::Internal(other.to_string()),
@@ -463,7 +512,7 @@ impl FlightService for MeshFlightService {
             }
         };
         if let Some(log) = &self.audit {
-            log.login(client, &p);
+            log.login(client, &p).await.map_err(Error::from)?;
         }
         let reply =
             HandshakeResponse { protocol_version: first.protocol_version, payload: token.clone().into_bytes().into() };
@@ -484,14 +533,14 @@ impl FlightService for MeshFlightService {
 
     async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
         let (p, c) = (principal(&request)?, client(&request));
-        let info = self.audited("GetFlightInfo", c, &p, || self.get_flight_info_for(&p, request.into_inner()))?;
+        let info = self.audited("GetFlightInfo", c, &p, self.get_flight_info_for(&p, request.into_inner())).await?;
         Ok(Response::new(info))
     }
 
     /// Reads are planned synchronously, so the first poll already returns the complete info.
     async fn poll_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
         let (p, c) = (principal(&request)?, client(&request));
-        let info = self.audited("PollFlightInfo", c, &p, || self.get_flight_info_for(&p, request.into_inner()))?;
+        let info = self.audited("PollFlightInfo", c, &p, self.get_flight_info_for(&p, request.into_inner())).await?;
         let poll =
             PollInfo::new().with_info(info).try_with_progress(1.0).map_err(|e| Error::Internal(e.to_string()))?;
         Ok(Response::new(poll))
@@ -500,7 +549,7 @@ impl FlightService for MeshFlightService {
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
         let (p, c) = (principal(&request)?, client(&request));
         let spec = spec_of(&request.into_inner())?;
-        let read = self.audited("GetSchema", c, &p, || self.authorize(&p, &spec))?;
+        let read = self.audited("GetSchema", c, &p, self.authorize(&p, &spec)).await?;
         let result = SchemaResult::try_from(SchemaAsIpc::new(&read.planned.schema, &IpcWriteOptions::default()))
             .map_err(|e| Error::Internal(format!("encoding a schema failed: {e}")))?;
         Ok(Response::new(result))
@@ -518,12 +567,16 @@ impl FlightService for MeshFlightService {
                 Err(e) => {
                     let status = Status::from(e);
                     if let Some(t) = token {
-                        let _ = t.fail(&status);
+                        t.fail(&status).await.map_err(Error::from)?;
                     }
                     return Err(status);
                 }
             };
-        let audited = Audited { inner: batches, token };
+        // Data leaves only once the read's start is on disk.
+        if let Some(t) = token.as_mut() {
+            t.started().await.map_err(Error::from)?;
+        }
+        let audited = audited(batches, token, address.clone(), self.stop.clone());
         let flight = wire::encode(schema, audited.map_err(|e| FlightError::ExternalError(Box::new(e))), self.wire)
             .map_err(move |e| Status::from(stream_error(&address, e)));
         Ok(Response::new(flight.boxed()))
@@ -550,10 +603,12 @@ impl FlightService for MeshFlightService {
         };
         let outcome = self.do_action_for(&p, &action).await;
         if let Some(t) = token {
-            let _ = match &outcome {
-                Ok(_) => t.ok(),
-                Err(status) => t.fail(status),
-            };
+            // No result leaves unrecorded.
+            match &outcome {
+                Ok(_) => t.ok().await,
+                Err(status) => t.fail(status).await,
+            }
+            .map_err(Error::from)?;
         }
         let body = outcome?;
         let result = arrow_flight::Result { body: body.into() };

@@ -119,7 +119,8 @@ where
     let wire_schema = hydrated_schema(&schema);
     let mut encoder = Encoder::new();
     let head = encoder.schema(&wire_schema);
-    let pieces = batches.map_ok(move |b| stream::iter(split(b, max).into_iter().map(Ok::<_, FlightError>))).try_flatten();
+    let pieces =
+        batches.map_ok(move |b| stream::iter(split(b, max).into_iter().map(Ok::<_, FlightError>))).try_flatten();
     let body = pieces.map(move |piece| encoder.batch(hydrate(piece?, &wire_schema)?));
     stream::once(futures::future::ready(Ok(head))).chain(body)
 }
@@ -187,12 +188,15 @@ fn hydrate(batch: RecordBatch, schema: &Schema) -> Result<RecordBatch, FlightErr
     if batch.columns().iter().zip(schema.fields()).all(|(c, f)| c.data_type() == f.data_type()) {
         return Ok(batch);
     }
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(Arc::clone(c)) } else { arrow::compute::cast(c, f.data_type()) })
-        .collect::<Result<Vec<_>, _>>()?;
+    let columns =
+        batch
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() { Ok(Arc::clone(c)) } else { arrow::compute::cast(c, f.data_type()) }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
     let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
     Ok(RecordBatch::try_new_with_options(Arc::new(schema.clone()), columns, &options)?)
 }

@@ -58,7 +58,7 @@ impl Secure {
         let mut config = GatewayConfig::for_mesh(&mesh);
         config.insecure_no_auth = false;
         config.auth = Some(auth);
-        config.audit_log = Some(dir.path().join("audit.jsonl"));
+        config.audit_log = Some(dir.path().join("audit"));
         config.no_watch = true;
         let gateway = Gateway::bind(config, Default::default()).await.unwrap();
         Self { gateway: Some(gateway), dir }
@@ -89,7 +89,7 @@ impl Secure {
 
     pub async fn audit_log(&self) -> String {
         self.gateway().audit().unwrap().flush().await;
-        std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap()
+        meshgate::audit::segments::read_all(&self.dir.path().join("audit")).unwrap()
     }
 
     /// Stops the gateway (flushing the audit log); returns the folder it used.
