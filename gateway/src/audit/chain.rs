@@ -18,18 +18,6 @@ pub fn hash_of(record: &Value) -> String {
     hex::encode(Sha256::digest(r.to_string().as_bytes()))
 }
 
-/// Where a chain breaks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Break {
-    /// 1-based line number.
-    pub line: usize,
-    /// What is wrong.
-    pub reason: String,
-}
-
-/// The chain's state after its last record: (next sequence number, last hash).
-pub type Tail = (u64, String);
-
 /// A chain being walked record by record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Walk {
@@ -45,8 +33,9 @@ impl Walk {
         Self { seq: 0, prev: GENESIS.to_string() }
     }
 
-    /// Checks one line (with its line end) against the chain and advances past it.
-    pub fn push(&mut self, line: &str) -> Result<(), String> {
+    /// Checks one line (with its line end) against the chain and advances past it; returns the
+    /// parsed record.
+    pub fn push(&mut self, line: &str) -> Result<Value, String> {
         if !line.ends_with('\n') {
             return Err("the record is cut short (no line end): the file was truncated".into());
         }
@@ -69,29 +58,23 @@ impl Walk {
         }
         self.seq += 1;
         self.prev = hash;
-        Ok(())
+        Ok(v)
     }
-
-    /// Checks every line of `text`, numbering lines from 1.
-    pub fn push_all(&mut self, text: &str) -> Result<(), Break> {
-        for (i, line) in text.split_inclusive('\n').enumerate() {
-            self.push(line).map_err(|reason| Break { line: i + 1, reason })?;
-        }
-        Ok(())
-    }
-}
-
-/// Checks every line of one log text that starts the chain; returns the tail, or the first break.
-pub fn verify(text: &str) -> Result<Tail, Break> {
-    let mut walk = Walk::genesis();
-    walk.push_all(text)?;
-    Ok((walk.seq, walk.prev))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The first broken line (1-based) and why, or the chain's (records, last hash).
+    fn verify(text: &str) -> Result<(u64, String), (usize, String)> {
+        let mut walk = Walk::genesis();
+        for (i, line) in text.split_inclusive('\n').enumerate() {
+            walk.push(line).map_err(|reason| (i + 1, reason))?;
+        }
+        Ok((walk.seq, walk.prev))
+    }
 
     fn chain(n: u64) -> String {
         let mut prev = GENESIS.to_string();
@@ -113,12 +96,12 @@ mod tests {
         assert_eq!(verify(&good).unwrap().0, 4);
         let lines: Vec<&str> = good.lines().collect();
         let modified = good.replace("\"e2\"", "\"e9\"");
-        assert_eq!(verify(&modified).unwrap_err().line, 3);
+        assert_eq!(verify(&modified).unwrap_err().0, 3);
         let deleted = format!("{}\n{}\n{}\n", lines[0], lines[2], lines[3]);
-        assert_eq!(verify(&deleted).unwrap_err().line, 2);
+        assert_eq!(verify(&deleted).unwrap_err().0, 2);
         let reordered = format!("{}\n{}\n{}\n{}\n", lines[0], lines[2], lines[1], lines[3]);
-        assert_eq!(verify(&reordered).unwrap_err().line, 2);
+        assert_eq!(verify(&reordered).unwrap_err().0, 2);
         let truncated = &good[..good.len() - 10];
-        assert_eq!(verify(truncated).unwrap_err().line, 4);
+        assert_eq!(verify(truncated).unwrap_err().0, 4);
     }
 }

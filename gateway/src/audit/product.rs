@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray};
+use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -21,7 +21,7 @@ use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use meshgate_adapters::Binding;
 use meshgate_adapters::memory::MemoryBinding;
 use tokio::io::AsyncReadExt;
@@ -212,47 +212,65 @@ impl PartitionStream for SegmentStream {
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let schema = Arc::clone(&self.schema);
-        let paths: Vec<PathBuf> = self.segments.iter().map(|s| s.path.clone()).collect();
+        let decoder = arrow::json::ReaderBuilder::new(Arc::clone(&schema)).build_decoder();
+        let reading = decoder.map(|decoder| Reading {
+            paths: self.segments.iter().map(|s| s.path.clone()).collect(),
+            file: None,
+            decoder,
+            carry: Vec::new(),
+        });
+        let batches = futures::stream::once(async move { reading.map_err(DataFusionError::from) })
+            .map_ok(|reading| futures::stream::try_unfold(reading, Reading::next_chunk))
+            .try_flatten()
+            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+            .try_flatten();
+        Box::pin(RecordBatchStreamAdapter::new(schema, batches))
+    }
+}
+
+/// Where a scan of the segments stands.
+struct Reading {
+    paths: std::collections::VecDeque<PathBuf>,
+    file: Option<tokio::fs::File>,
+    decoder: arrow::json::reader::Decoder,
+    /// Bytes read and not yet decoded: the start of a line whose end is still to be read.
+    carry: Vec<u8>,
+}
+
+impl Reading {
+    /// Decodes the next chunk's whole lines; `None` after the last segment. A last line still
+    /// being written is left for the next scan.
+    async fn next_chunk(mut self) -> Result<Option<(Vec<RecordBatch>, Self)>> {
         let unreadable = |e: std::io::Error| {
             tracing::warn!(error = %e, "reading an audit segment failed");
             meshgate_adapters::Error::Unavailable("the audit log cannot be read now".into()).into_datafusion()
         };
-        let s = Arc::clone(&schema);
-        let batches = futures::stream::iter(paths)
-            .then(move |path| {
-                let schema = Arc::clone(&s);
-                async move {
-                    let mut file = tokio::fs::File::open(&path).await.map_err(unreadable)?;
-                    let mut decoder = arrow::json::ReaderBuilder::new(schema).build_decoder()?;
-                    let mut out = Vec::new();
-                    let mut carry: Vec<u8> = Vec::new();
-                    loop {
-                        let mut chunk = Vec::with_capacity(CHUNK);
-                        let n = (&mut file).take(CHUNK as u64).read_to_end(&mut chunk).await.map_err(unreadable)?;
-                        if n == 0 {
-                            break;
-                        }
-                        carry.extend_from_slice(&chunk);
-                        // Only whole lines: the writer may be appending the last one right now.
-                        let Some(end) = carry.iter().rposition(|b| *b == b'\n').map(|i| i + 1) else { continue };
-                        let mut fed = 0;
-                        while fed < end {
-                            let used = decoder.decode(&carry[fed..end])?;
-                            fed += used;
-                            if let Some(b) = decoder.flush()? {
-                                out.push(b);
-                            }
-                        }
-                        carry.drain(..end);
-                    }
-                    if let Some(b) = decoder.flush()? {
-                        out.push(b);
-                    }
-                    Ok::<_, DataFusionError>(futures::stream::iter(out.into_iter().map(Ok)))
+        loop {
+            let file = match self.file.as_mut() {
+                Some(f) => f,
+                None => {
+                    let Some(path) = self.paths.pop_front() else { return Ok(None) };
+                    self.carry.clear();
+                    self.file.insert(tokio::fs::File::open(&path).await.map_err(unreadable)?)
                 }
-            })
-            .try_flatten();
-        Box::pin(RecordBatchStreamAdapter::new(schema, batches))
+            };
+            let read = file.take(CHUNK as u64).read_to_end(&mut self.carry).await.map_err(unreadable)?;
+            if read == 0 {
+                self.file = None;
+                continue;
+            }
+            let Some(end) = self.carry.iter().rposition(|b| *b == b'\n').map(|i| i + 1) else { continue };
+            let mut batches = Vec::new();
+            let mut fed = 0;
+            while fed < end {
+                fed += self.decoder.decode(&self.carry[fed..end])?;
+                batches.extend(self.decoder.flush()?);
+            }
+            self.carry.drain(..end);
+            if !batches.is_empty() {
+                return Ok(Some((batches, self)));
+            }
+        }
     }
 }
 
@@ -368,5 +386,37 @@ mod tests {
         let from = segs[1].first_seq;
         let sql = format!("SELECT count(*) FROM audit WHERE seq >= {from}");
         assert_eq!(count(sql).await.unwrap(), 40 - from as i64);
+    }
+
+    #[tokio::test]
+    async fn records_spanning_read_chunks_are_all_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), AuditOptions::default()).await.unwrap();
+        let p = Principal::anonymous();
+        // Concurrent calls share syncs; together well over one read chunk.
+        let calls: Vec<_> = (0..4000)
+            .map(|_| {
+                let t = log.begin("DoGet", Client::default(), &p).unwrap();
+                tokio::spawn(t.ok())
+            })
+            .collect();
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        log.close().await;
+        let [seg] = &segments::list(dir.path()).unwrap()[..] else { panic!("one segment") };
+        assert!(std::fs::metadata(&seg.path).unwrap().len() > 2 * CHUNK as u64);
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table("audit", Arc::new(AuditTable { dir: dir.path().to_path_buf(), schema: schema() })).unwrap();
+        let batches = ctx
+            .sql("SELECT count(*), count(DISTINCT seq), max(seq) FROM audit")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let out = arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+        let row: Vec<&str> = out.lines().nth(3).unwrap().split('|').map(str::trim).collect();
+        assert_eq!(row[1..4], ["4000", "4000", "3999"], "{out}");
     }
 }

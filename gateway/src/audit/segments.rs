@@ -146,6 +146,48 @@ impl Checkpoint {
     }
 }
 
+/// Compares a chain, as it is walked, with the checkpoint.
+struct AgainstCheckpoint {
+    checkpoint: Option<Checkpoint>,
+    /// Whether the record the checkpoint names was walked and matched its hash.
+    matched: bool,
+}
+
+impl AgainstCheckpoint {
+    /// Starts where `walk` stands.
+    fn new(checkpoint: Option<Checkpoint>, walk: &Walk) -> Self {
+        let mut this = Self { checkpoint, matched: false };
+        this.after(walk);
+        this
+    }
+
+    /// Notes the chain after one more record.
+    fn after(&mut self, walk: &Walk) {
+        if let Some(c) = self.checkpoint.as_ref().filter(|c| c.records == walk.seq) {
+            self.matched = c.hash == walk.prev;
+        }
+    }
+
+    /// Whether the walk, which started at record `from`, agrees with the checkpoint; a checkpoint
+    /// before `from` is not judged.
+    fn finish(&self, walk: &Walk, from: u64) -> Result<(), Error> {
+        let Some(c) = &self.checkpoint else { return Ok(()) };
+        if c.records > walk.seq {
+            return Err(Error::CutShort(format!(
+                "the checkpoint counts {} records, the log ends after {}",
+                c.records, walk.seq
+            )));
+        }
+        if c.records >= from && !self.matched {
+            return Err(Error::CutShort(format!(
+                "record {} is not the one the checkpoint names",
+                c.records.saturating_sub(1)
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Syncs a folder, so files created or renamed in it survive a crash.
 pub fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
@@ -242,33 +284,16 @@ pub fn resume(dir: &Path) -> Result<Resumed, Error> {
         reason: "not UTF-8 text".into(),
     })?;
     let mut last_time = String::new();
-    let mut at_checkpoint = checkpoint.as_ref().is_some_and(|c| c.records == walk.seq && c.hash == walk.prev);
+    let mut against = AgainstCheckpoint::new(checkpoint, &walk);
     for (i, line) in text.split_inclusive('\n').enumerate() {
-        walk.push(line).map_err(|reason| Error::Broken { segment: last.name(), line: i + 1, reason })?;
-        if let Some(c) = &checkpoint
-            && c.records == walk.seq
-        {
-            at_checkpoint = c.hash == walk.prev;
-        }
-        if let Some(t) =
-            serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["time"].as_str().map(String::from))
-        {
-            last_time = t;
+        let record = walk.push(line).map_err(|reason| Error::Broken { segment: last.name(), line: i + 1, reason })?;
+        against.after(&walk);
+        if let Some(t) = record["time"].as_str() {
+            last_time = t.to_string();
         }
     }
-    match &checkpoint {
-        Some(c) if c.records > walk.seq => {
-            return Err(Error::CutShort(format!(
-                "the checkpoint counts {} records, the log ends after {}",
-                c.records, walk.seq
-            )));
-        }
-        // A checkpoint inside older segments is checked by `audit verify`, not at startup.
-        Some(c) if c.records >= last.first_seq && !at_checkpoint => {
-            return Err(Error::CutShort(format!("record {} is not the one the checkpoint names", c.records - 1)));
-        }
-        _ => {}
-    }
+    // A checkpoint inside older segments is checked by `audit verify`, not at startup.
+    against.finish(&walk, last.first_seq)?;
     Ok(Resumed { tail: Some((last.clone(), text.len() as u64)), walk, last_time })
 }
 
@@ -288,8 +313,9 @@ pub struct Report {
 pub fn verify_all(dir: &Path) -> Result<Report, Error> {
     let segments = list(dir)?;
     let checkpoint = Checkpoint::read(dir)?;
+    let checkpointed = checkpoint.is_some();
     let mut walk = Walk::genesis();
-    let mut at_checkpoint = checkpoint.as_ref().is_some_and(|c| c.records == 0);
+    let mut against = AgainstCheckpoint::new(checkpoint, &walk);
     for s in &segments {
         if s.first_seq != walk.seq {
             return Err(Error::CutShort(format!(
@@ -302,23 +328,11 @@ pub fn verify_all(dir: &Path) -> Result<Report, Error> {
         let text = std::fs::read_to_string(&s.path).map_err(io(&s.path))?;
         for (i, line) in text.split_inclusive('\n').enumerate() {
             walk.push(line).map_err(|reason| Error::Broken { segment: s.name(), line: i + 1, reason })?;
-            if let Some(c) = checkpoint.as_ref().filter(|c| c.records == walk.seq) {
-                at_checkpoint = c.hash == walk.prev;
-            }
+            against.after(&walk);
         }
     }
-    if let Some(c) = &checkpoint {
-        if c.records > walk.seq {
-            return Err(Error::CutShort(format!(
-                "the checkpoint counts {} records, the log ends after {}",
-                c.records, walk.seq
-            )));
-        }
-        if !at_checkpoint {
-            return Err(Error::CutShort(format!("record {} is not the one the checkpoint names", c.records - 1)));
-        }
-    }
-    Ok(Report { records: walk.seq, segments: segments.len(), checkpointed: checkpoint.is_some() })
+    against.finish(&walk, 0)?;
+    Ok(Report { records: walk.seq, segments: segments.len(), checkpointed })
 }
 
 /// Every record of the log in `dir`, as text, oldest first (tests and small tools).
