@@ -55,10 +55,9 @@ impl Error {
             }
             if let Some(datafusion::error::DataFusionError::External(inner)) =
                 err.downcast_ref::<datafusion::error::DataFusionError>()
+                && let Some(found) = inner.downcast_ref::<Error>()
             {
-                if let Some(found) = inner.downcast_ref::<Error>() {
-                    return Some(found);
-                }
+                return Some(found);
             }
             cur = err.source();
         }

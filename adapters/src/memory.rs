@@ -85,7 +85,7 @@ fn cast_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
         .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::InvalidBinding(format!("cannot serve the dataset with classic string types: {e}")))?;
-    Ok(RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| Error::InvalidBinding(e.to_string()))?)
+    RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| Error::InvalidBinding(e.to_string()))
 }
 
 #[cfg(test)]

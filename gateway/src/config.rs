@@ -112,6 +112,15 @@ pub struct GatewayConfig {
     /// Memory the query engine may use, in MiB, across all running requests.
     #[arg(long, env = "MESHGATE_MEMORY_LIMIT_MB", default_value_t = 4096)]
     pub memory_limit_mb: usize,
+
+    /// Reads (DoGet streams) that may run at once; one more is refused with
+    /// `RESOURCE_EXHAUSTED` until one ends.
+    #[arg(long, env = "MESHGATE_MAX_CONCURRENT_READS", default_value_t = crate::access::DEFAULT_MAX_READS)]
+    pub max_concurrent_reads: usize,
+
+    /// Threads that plan and execute reads, apart from those answering calls (0: one per core).
+    #[arg(long, env = "MESHGATE_EXEC_THREADS", default_value_t = 0)]
+    pub exec_threads: usize,
 }
 
 impl GatewayConfig {
@@ -141,6 +150,8 @@ impl GatewayConfig {
             max_message_size: crate::flight::wire::DEFAULT_MAX_MESSAGE_BYTES,
             view_types: false,
             memory_limit_mb: 4096,
+            max_concurrent_reads: crate::access::DEFAULT_MAX_READS,
+            exec_threads: 0,
         }
     }
 }

@@ -7,6 +7,8 @@
 //! contract travels in the Arrow schema's metadata) and streamed without collecting.
 //!
 //! Parts:
+//! - [`access`]: the access core below every front: one snapshot of products and rules,
+//!   discovery, decisions, plans over governed tables, tickets, execution and audit.
 //! - [`config`]: settings (flags and `MESHGATE_*` variables).
 //! - [`auth`]: who is calling (JWT, Basic via Handshake), as a tower layer on every call.
 //! - [`governance`]: Cedar policies, masks, row filters and the governed table.
@@ -15,7 +17,7 @@
 //! - [`capped`]: functions that allocate by argument, capped by the memory limit.
 //! - [`query`]: read requests (path, JSON query, ticket) and their DataFusion plans.
 //! - [`ticket`]: HMAC-signed stateless tickets.
-//! - [`flight`]: the Flight service, its actions and the error → gRPC status table.
+//! - [`flight`]: the Flight front (decode → core → encode) and its wire encoding.
 //! - [`server`]: bind, serve, TLS, graceful shutdown.
 //! - [`text`]: bounding values echoed in errors and logs.
 //! - [`net`]: socket options on accepted connections (`TCP_NODELAY`, keep-alive).
@@ -23,6 +25,7 @@
 //!
 //! The design is in `docs/architecture.md`.
 
+pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod capped;

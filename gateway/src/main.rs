@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use meshgate::auth::users::{User, Users};
 use meshgate::auth::{AuthConfig, GatewayTokens, Principal};
-use meshgate::catalog::Catalog;
+use meshgate::catalog::{Catalog, CatalogState};
 use meshgate::{Gateway, GatewayConfig, sample, server};
 use meshgate_adapters::AdapterRegistry;
 use meshgate_adapters::memory::MemoryAdapter;
@@ -313,9 +313,9 @@ async fn check(mesh: &std::path::Path, storage_roots: &[PathBuf]) -> Result<Exit
     let config = GatewayConfig::for_mesh(mesh);
     let ctx = server::session_context(&config).map_err(|e| e.to_string())?;
     let registry = AdapterRegistry::with_defaults(MemoryAdapter::default());
-    let catalog =
-        Catalog::load_governed(mesh, registry, ctx.state(), false, storage_roots).await.map_err(|e| e.to_string())?;
-    let snapshot = catalog.snapshot();
+    let catalog = Catalog::open(mesh, registry, ctx.state(), storage_roots).map_err(|e| e.to_string())?;
+    let loaded = catalog.load_products().await.map_err(|e| e.to_string())?;
+    let snapshot = CatalogState::next(&CatalogState::default(), loaded, &[]);
     let mut bad = 0;
     for ((domain, product), entry) in &snapshot.entries {
         if entry.problems.is_empty() {

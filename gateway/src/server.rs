@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+use crate::access::{AccessCore, CoreOptions};
 use crate::audit::{AuditLog, AuditOptions};
 use crate::auth::layer::{AuthLayer, AuthMode, FailureSink};
 use crate::auth::{AuthConfig, Authenticator};
@@ -44,6 +45,9 @@ pub enum Error {
     /// The mesh could not be loaded at all.
     #[error(transparent)]
     Catalog(#[from] crate::catalog::Error),
+    /// The access core could not start (governance files refused, no execution runtime).
+    #[error(transparent)]
+    Core(#[from] crate::access::Error),
     /// The gRPC server failed.
     #[error("serving failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -65,7 +69,7 @@ const ENDED_STREAMS: std::time::Duration = std::time::Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Gateway {
     addr: SocketAddr,
-    catalog: Arc<Catalog>,
+    core: Arc<AccessCore>,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     grace: std::time::Duration,
@@ -170,17 +174,32 @@ impl Gateway {
         };
         let ctx = session_context(&config)?;
         let registry = AdapterRegistry::with_defaults(memory);
-        let catalog = Arc::new(
-            Catalog::load_governed(&mesh, registry, ctx.state(), authenticator.is_some(), &config.storage_roots)
-                .await?,
-        );
+        let catalog = Catalog::open(&mesh, registry, ctx.state(), &config.storage_roots)?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut core = AccessCore::builder(catalog, ctx, signer)
+            .with_options(CoreOptions {
+                governed: authenticator.is_some(),
+                exec_threads: config.exec_threads,
+                max_reads: config.max_concurrent_reads,
+            })
+            .with_stop(stopped);
         if let Some(log) = &audit {
-            catalog.add_builtin(crate::audit::product::product(log.dir()));
+            core = core.with_audit(Arc::clone(log)).with_builtin(crate::audit::product::product(log.dir()));
         }
+        let core = core.build().await?;
         let watcher = if config.no_watch {
             None
         } else {
-            match CatalogWatcher::start(Arc::clone(&catalog), std::time::Duration::from_millis(300)) {
+            let watched = Arc::clone(&core);
+            let reload = move || {
+                let core = Arc::clone(&watched);
+                async move {
+                    if let Err(e) = core.reload().await {
+                        tracing::warn!(error = %e, "reload after a change failed; the last good catalog stays");
+                    }
+                }
+            };
+            match CatalogWatcher::start(core.mesh_dir(), std::time::Duration::from_millis(300), reload) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch the mesh folder; use the `reload` action after changes");
@@ -194,7 +213,7 @@ impl Gateway {
         let addr = listener
             .local_addr()
             .map_err(|source| Error::Io { context: "reading the bound address".into(), source })?;
-        let mut flight = MeshFlightService::new(Arc::clone(&catalog), signer, ctx)
+        let mut flight = MeshFlightService::new(Arc::clone(&core))
             .with_wire(crate::flight::wire::WireOptions { max_message_bytes: config.max_message_size });
         let mode = match &authenticator {
             Some(a) => {
@@ -203,11 +222,6 @@ impl Gateway {
             }
             None => AuthMode::Off,
         };
-        if let Some(log) = &audit {
-            flight = flight.with_audit(Arc::clone(log));
-        }
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        flight = flight.with_stop(stopped);
         let on_failure = audit.clone().map(|log| -> FailureSink {
             Arc::new(move |parts: &http::request::Parts, e: &crate::auth::Error| {
                 let address = parts
@@ -241,17 +255,8 @@ impl Gateway {
         let task = tokio::spawn(router.serve_with_incoming_shutdown(crate::net::accept(listener), async {
             let _ = rx.await;
         }));
-        tracing::info!(%addr, tls = config.tls_cert.is_some(), mesh = %catalog.mesh_dir().display(), "listening");
-        Ok(Self {
-            addr,
-            catalog,
-            shutdown: Some(tx),
-            task,
-            grace: config.shutdown_grace,
-            audit,
-            stop,
-            _watcher: watcher,
-        })
+        tracing::info!(%addr, tls = config.tls_cert.is_some(), mesh = %core.mesh_dir().display(), "listening");
+        Ok(Self { addr, core, shutdown: Some(tx), task, grace: config.shutdown_grace, audit, stop, _watcher: watcher })
     }
 
     /// The address the gateway listens on.
@@ -259,9 +264,9 @@ impl Gateway {
         self.addr
     }
 
-    /// The catalog being served.
-    pub fn catalog(&self) -> &Arc<Catalog> {
-        &self.catalog
+    /// The access core serving the mesh.
+    pub fn core(&self) -> &Arc<AccessCore> {
+        &self.core
     }
 
     /// The audit log, when auditing.

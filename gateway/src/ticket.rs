@@ -1,8 +1,9 @@
 //! Signed, stateless tickets.
 //!
 //! `GetFlightInfo` plans a read and hands out one ticket per endpoint; `DoGet` may run on any
-//! replica that shares the key. A ticket is a protobuf [`TicketClaims`] (product, port,
-//! contract version, projection, filter, limit, shard, subject, expiry) followed by an
+//! replica that shares the key. A ticket is a protobuf [`TicketClaims`] (the read: a product
+//! read or a SQL statement; the product ports and contract versions it was planned against,
+//! shard, subject, expiry, generation) followed by an
 //! HMAC-SHA256 over a domain-separation prefix and the claims' exact bytes. Verification is
 //! constant-time; nothing in a ticket is trusted before its signature checks.
 
@@ -17,7 +18,7 @@ use sha2::Sha256;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Claims format version this gateway writes and reads.
-pub const CLAIMS_VERSION: u32 = 1;
+pub const CLAIMS_VERSION: u32 = 2;
 const CONTEXT: &[u8] = b"meshgate.ticket.v1\0";
 /// Shortest accepted key.
 pub const MIN_KEY_LEN: usize = 32;
@@ -135,7 +136,10 @@ mod tests {
     use super::*;
 
     fn claims() -> TicketClaims {
-        TicketClaims { domain: "sales".into(), product: "orders".into(), port: "v1".into(), ..Default::default() }
+        use meshgate_proto::v1::ProductRead;
+        use meshgate_proto::v1::ticket_claims::Read;
+        let read = ProductRead { domain: "sales".into(), product: "orders".into(), ..Default::default() };
+        TicketClaims { read: Some(Read::Product(read)), ..Default::default() }
     }
 
     #[test]
@@ -144,7 +148,7 @@ mod tests {
         let s = TicketSigner::try_new(vec![7; 32], Duration::from_secs(60)).unwrap();
         let t = s.sign(claims(), now);
         let c = s.verify(&t, now).unwrap();
-        assert_eq!((c.domain.as_str(), c.version), ("sales", CLAIMS_VERSION));
+        assert_eq!((&c.read, c.version), (&claims().read, CLAIMS_VERSION));
 
         // Every single flipped bit is refused.
         for i in 0..t.len() * 8 {
@@ -159,6 +163,17 @@ mod tests {
         assert_eq!(s.verify(&t, now + Duration::from_secs(61)), Err(Error::Expired));
         let other = TicketSigner::try_new(vec![8; 32], Duration::from_secs(60)).unwrap();
         assert_eq!(other.verify(&t, now), Err(Error::BadSignature));
+    }
+
+    /// A ticket of the previous format, validly signed, is refused by version, not misread.
+    #[test]
+    fn older_formats_are_refused() {
+        let now = SystemTime::now();
+        let s = TicketSigner::try_new(vec![7; 32], Duration::from_secs(60)).unwrap();
+        let old = TicketClaims { version: 1, expires_at_ms: millis(now) + 60_000, ..Default::default() };
+        let bytes = old.encode_to_vec();
+        let signed = SignedTicket { signature: s.mac(&bytes).finalize().into_bytes().to_vec(), claims: bytes };
+        assert_eq!(s.verify(&signed.encode_to_vec(), now), Err(Error::UnsupportedVersion(1)));
     }
 
     #[test]

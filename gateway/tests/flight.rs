@@ -283,7 +283,7 @@ async fn a_refused_reload_keeps_the_last_good_version() {
 #[tokio::test]
 async fn the_catalog_reloads_when_files_change() {
     let mut f = Fixture::sample().await;
-    let mut generations = f.gateway().catalog().subscribe();
+    let mut generations = f.gateway().core().subscribe();
     let before = *generations.borrow_and_update();
     let contract = f.path("logistics/warehouses/v1.odcs.yaml");
     let text = std::fs::read_to_string(&contract).unwrap().replace("version: 1.0.0", "version: 1.1.0");

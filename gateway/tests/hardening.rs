@@ -250,3 +250,34 @@ fn the_sample_and_its_development_users_are_never_served_off_loopback() {
     assert!(!status.success());
     assert!(log.contains("mount your mesh"), "{log}");
 }
+
+/// Reads past `--max-concurrent-reads` are refused with a message saying so, while the reads
+/// that hold the slots stay open; planning calls of other callers are still answered.
+#[tokio::test]
+async fn a_read_past_the_limit_is_refused_and_planning_still_answers() {
+    let mut f = Fixture::sample_with(|c| c.max_concurrent_reads = 1).await;
+    let info = f.info(&["sales", "orders"]).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    // The slot is taken before the response starts: this stream holds it, unread.
+    let held = f.client.do_get(ticket.clone()).await.unwrap();
+    let e = f.get(ticket.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert!(e.message().contains("limit of 1 concurrent reads"), "{}", e.message());
+    let other = f.info(&["logistics", "warehouses"]).await.unwrap();
+    drop(held);
+    // Once the held stream is gone its slot is free again; the server learns of the reset
+    // asynchronously, so the next read may still meet the limit: retry on exactly that code.
+    let mut attempts = 0;
+    let batches = loop {
+        match f.read(&other).await {
+            Ok(b) => break b,
+            Err(e) if e.code() == Code::ResourceExhausted && attempts < 1000 => {
+                attempts += 1;
+                tokio::task::yield_now().await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(rows(&batches), 24);
+    f.stop().await;
+}

@@ -1,7 +1,8 @@
 //! meshgate's own protobuf messages.
 //!
-//! - [`v1::TicketClaims`]: what one Flight `DoGet` reads (product, port, contract version,
-//!   projection, filter, limit, shard, subject, expiry).
+//! - [`v1::TicketClaims`]: what one Flight `DoGet` reads (a product read or a SQL statement,
+//!   the product ports and contract versions it was planned against, shard, subject, expiry,
+//!   generation).
 //! - [`v1::SignedTicket`]: the claims' bytes and their HMAC, as carried in a Flight `Ticket`.
 //!
 //! The `.proto` sources live in `proto/meshgate/v1/`; `build.rs` compiles them with `protox`
@@ -15,36 +16,50 @@ pub mod v1 {
 
 #[cfg(test)]
 mod tests {
-    use super::v1::{SignedTicket, TicketClaims};
+    use super::v1::ticket_claims::Read;
+    use super::v1::{ProductRead, ResourceRead, SignedTicket, SqlStatement, TicketClaims};
     use prost::Message;
 
     /// Pins the wire format: tickets issued by one release must decode in the next.
     #[test]
     fn ticket_encoding_is_stable() {
         let claims = TicketClaims {
-            version: 1,
+            version: 2,
             ticket_id: vec![1, 2],
-            domain: "sales".into(),
-            product: "orders".into(),
-            port: "v1".into(),
-            contract_version: "1.0.0".into(),
-            projection: vec!["a".into()],
-            filter: "a > 1".into(),
-            limit: Some(5),
             expires_at_ms: 7,
             subject: "alice".into(),
             shard_index: 1,
             shard_count: 2,
             issuer: String::new(),
+            read: Some(Read::Product(ProductRead {
+                domain: "sales".into(),
+                product: "orders".into(),
+                port: "v1".into(),
+                columns: vec!["a".into()],
+                filter: "a > 1".into(),
+                limit: Some(5),
+            })),
+            resources: vec![ResourceRead {
+                domain: "sales".into(),
+                product: "orders".into(),
+                port: "v1".into(),
+                contract_version: "1.0.0".into(),
+            }],
+            generation: 3,
         };
         let bytes = claims.encode_to_vec();
-        // Hand-checked: field 10 (expiry) is `50 07`, field 11 (subject) `5a 05 "alice"`, ...
+        // Hand-checked: field 10 (expiry) is `50 07`, field 11 (subject) `5a 05 "alice"`, field
+        // 15 (the product read) `7a 1f ...`, field 18 (generation) `90 01 03`.
         assert_eq!(
             hex(&bytes),
-            "0801120201021a0573616c657322066f72646572732a0276313205312e302e303a0161\
-             420561203e2031480550075a05616c69636560016802"
+            "080212020102500 75a05616c696365600168027a1f0a0573616c657312066f726465727 31a027631220161\
+             2a0561203e2031300 58a011a0a0573616c657312066f7264657273 1a0276312205312e302e3090 0103"
+                .replace(' ', "")
         );
         assert_eq!(TicketClaims::decode(bytes.as_slice()).unwrap(), claims);
+        let sql =
+            TicketClaims { read: Some(Read::Sql(SqlStatement { query: "SELECT 1".into() })), ..Default::default() };
+        assert_eq!(hex(&sql.encode_to_vec()), "82010a0a0853454c4543542031");
         let signed = SignedTicket { claims: vec![9], signature: vec![8] };
         assert_eq!(hex(&signed.encode_to_vec()), "0a01091201 08".replace(' ', ""));
     }

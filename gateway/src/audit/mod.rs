@@ -525,9 +525,15 @@ impl AuditToken {
         self.set("ticket_id", json!(ticket_id));
     }
 
-    /// Notes what is read.
-    pub fn resource(&mut self, r: &Resource) {
-        self.set("resource", json!(r));
+    /// Notes what is read: `resource` is the first product port, and a read of several (a SQL
+    /// statement joining products) lists them all under `resources` as well.
+    pub fn resources(&mut self, r: &[Resource]) {
+        if let Some(first) = r.first() {
+            self.set("resource", json!(first));
+        }
+        if r.len() > 1 {
+            self.set("resources", json!(r));
+        }
     }
 
     /// Notes the decision.

@@ -282,10 +282,10 @@ impl Issuer {
             },
             _ => return Err(fail("give exactly one of pem_file, secret_env, jwks_file, jwks_url".into())),
         };
-        if let Keys::Single(k) = &keys {
-            if k.algorithms.is_empty() {
-                return Err(fail("none of `algorithms` fits the key's type".into()));
-            }
+        if let Keys::Single(k) = &keys
+            && k.algorithms.is_empty()
+        {
+            return Err(fail("none of `algorithms` fits the key's type".into()));
         }
         Ok(Self { audiences: c.audiences.clone(), claims: c.claims.clone(), keys })
     }

@@ -5,21 +5,19 @@
 //! - `load`: validation and opening, one product at a time.
 //! - `watch`: reloads when files under the mesh folder change.
 //!
-//! The catalog is a snapshot swapped atomically ([`arc_swap`]): readers never wait for a
-//! reload, and a request keeps the snapshot it started with. A product that fails to load is
-//! listed as unavailable with its problems; a product that loaded before and fails on reload
-//! keeps serving its last good version, with the new problems reported beside it.
+//! The catalog knows products, not governance: [`Catalog::load_products`] reads every product
+//! folder, and [`CatalogState::next`] builds the next state from what loaded and the state
+//! before it. A product that fails to load is listed as unavailable with its problems; a
+//! product that loaded before and fails on reload keeps serving its last good version, with
+//! the new problems reported beside it. The access core owns the state in force and swaps it
+//! together with the governance rules, so no decision ever pairs new rules with an old catalog.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use datafusion::execution::session_state::SessionState;
 use meshgate_adapters::AdapterRegistry;
-use serde::Serialize;
-
-use crate::governance::{Governance, Rules};
 
 mod load;
 pub mod manifest;
@@ -88,50 +86,25 @@ pub enum Error {
     /// The mesh folder itself cannot be read.
     #[error("the mesh folder cannot be read: {0}")]
     MeshUnreadable(String),
-    /// The governance files cannot be loaded at start-up.
-    #[error("governance: {0}")]
-    Governance(String),
 }
 
-/// What a reload did.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReloadReport {
-    /// Generation after the reload.
-    pub generation: u64,
-    /// Products serving.
-    pub available: usize,
-    /// Products whose newest manifests were refused (serving the last good version or nothing).
-    pub problems: BTreeMap<String, Vec<Problem>>,
-    /// Why the newest governance files were refused (the previous rules stay in force).
-    pub governance_problem: Option<String>,
-}
+/// What one read of the mesh folder found: each product folder's product, or its problems.
+pub type Loaded = BTreeMap<ProductKey, Result<Product, Vec<Problem>>>;
 
-/// The catalog. Cheap to share behind an `Arc`.
+/// Reads and opens the products of one mesh folder. Holds no state in force.
 #[derive(Debug)]
 pub struct Catalog {
     loader: Loader,
-    state: ArcSwap<CatalogState>,
-    reload_lock: tokio::sync::Mutex<()>,
-    generation: tokio::sync::watch::Sender<u64>,
-    governance: Option<Arc<Governance>>,
-    builtins: std::sync::Mutex<Vec<Arc<Product>>>,
 }
 
 impl Catalog {
-    /// Loads every product under `mesh_dir`. Fails only when the folder cannot be read; broken
-    /// products are listed as unavailable.
-    pub async fn load(mesh_dir: &Path, registry: AdapterRegistry, state: SessionState) -> Result<Self> {
-        Self::load_governed(mesh_dir, registry, state, false, &[]).await
-    }
-
-    /// Like [`Catalog::load`], also loading the mesh's governance (policies, masks, row
-    /// filters) when `governed`; reloads then reload both. Bindings may read local files in
-    /// their product folder and in `storage_roots`.
-    pub async fn load_governed(
+    /// A catalog of the products under `mesh_dir`, opened with `registry` in `state`. Bindings
+    /// may read local files in their product folder and in `storage_roots`. Fails only when a
+    /// folder cannot be resolved.
+    pub fn open(
         mesh_dir: &Path,
         registry: AdapterRegistry,
         state: SessionState,
-        governed: bool,
         storage_roots: &[PathBuf],
     ) -> Result<Self> {
         let mesh_dir = std::fs::canonicalize(mesh_dir)
@@ -143,25 +116,7 @@ impl Catalog {
                     .map_err(|e| Error::MeshUnreadable(format!("storage root {} ({})", r.display(), e.kind())))
             })
             .collect::<Result<Vec<_>>>()?;
-        let governance = if governed {
-            Some(Arc::new(Governance::load(&mesh_dir).map_err(|e| Error::Governance(e.to_string()))?))
-        } else {
-            None
-        };
-        let catalog = Self {
-            loader: Loader { mesh_dir, registry, state, storage_roots: Arc::from(storage_roots) },
-            state: ArcSwap::from_pointee(CatalogState::default()),
-            reload_lock: tokio::sync::Mutex::new(()),
-            generation: tokio::sync::watch::Sender::new(0),
-            governance,
-            builtins: std::sync::Mutex::new(Vec::new()),
-        };
-        let report = catalog.reload().await?;
-        if let Some(problem) = report.governance_problem {
-            // At startup there are no rules that worked before to fall back on.
-            return Err(Error::Governance(problem));
-        }
-        Ok(catalog)
+        Ok(Self { loader: Loader { mesh_dir, registry, state, storage_roots: Arc::from(storage_roots) } })
     }
 
     /// The mesh folder (canonical).
@@ -174,86 +129,28 @@ impl Catalog {
         &self.loader.registry
     }
 
-    /// The session state tables were opened with.
-    pub fn session_state(&self) -> &SessionState {
-        &self.loader.state
-    }
-
     /// What an adapter may use to open (or check) a binding of the product in `product_dir`.
     pub fn open_context(&self, product_dir: &Path) -> meshgate_adapters::OpenContext {
         self.loader.open_context(product_dir)
     }
 
-    /// Adds a product served by the gateway itself (like `_governance/audit`); it stays in every
-    /// later snapshot.
-    pub fn add_builtin(&self, product: Product) {
-        let product = Arc::new(product);
-        self.builtins.lock().expect("catalog lock").push(Arc::clone(&product));
-        let old = self.snapshot();
-        let mut entries = old.entries.clone();
-        entries
-            .insert((product.domain.clone(), product.name.clone()), Entry { product: Some(product), problems: vec![] });
-        self.state.store(Arc::new(CatalogState { entries, generation: old.generation }));
-    }
-
-    /// The governance in force, when the catalog is governed.
-    pub fn governance(&self) -> Option<&Arc<Governance>> {
-        self.governance.as_ref()
-    }
-
-    /// The current snapshot.
-    pub fn snapshot(&self) -> Arc<CatalogState> {
-        self.state.load_full()
-    }
-
-    /// Notified with the new generation after every reload.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.generation.subscribe()
-    }
-
-    /// Reads the mesh folder again. On failure to read it, the current state stays.
-    pub async fn reload(&self) -> Result<ReloadReport> {
-        let _guard = self.reload_lock.lock().await;
-        let old = self.snapshot();
-        let mut governance_problem = None;
-        let prepared = match self.governance.as_ref().map(|g| g.prepare()) {
-            Some(Err(e)) => {
-                governance_problem = Some(e.to_string());
-                None
-            }
-            Some(Ok(rules)) => Some(rules),
-            None => None,
-        };
-        let folders = product_folders(&self.loader.mesh_dir)?;
-        let mut loaded = Vec::new();
-        for ((domain, name), dir) in folders {
-            let product = self.loader.load_product(&domain, &name, &dir).await;
-            loaded.push(((domain, name), product));
+    /// Reads every product folder of the mesh. Fails only when the mesh folder cannot be read.
+    pub async fn load_products(&self) -> Result<Loaded> {
+        let mut loaded = Loaded::new();
+        for (key, dir) in product_folders(&self.loader.mesh_dir)? {
+            let product = self.loader.load_product(&key.0, &key.1, &dir).await;
+            loaded.insert(key, product);
         }
-        // New governance files go in force only if their row filters fit the products.
-        let prepared = prepared.and_then(|rules| {
-            let products = loaded.iter().filter_map(|(_, p)| p.as_ref().ok());
-            match Governance::check(&rules, &self.loader.state, products) {
-                Ok(()) => Some(rules),
-                Err(e) => {
-                    governance_problem = Some(e.to_string());
-                    None
-                }
-            }
-        });
-        if let Some(problem) = &governance_problem {
-            tracing::warn!(error = %problem, "governance refused; the rules in force stay");
-        }
-        // Products are checked against the rules that will be in force: the new ones, or those
-        // that stay.
-        let current = if prepared.is_none() { self.governance.as_ref().map(|g| g.rules()) } else { None };
-        let in_force: Option<&Rules> = prepared.as_ref().or(current.as_deref());
+        Ok(loaded)
+    }
+}
+
+impl CatalogState {
+    /// The state after `loaded`: each refused product keeps the version `old` served (its
+    /// last good one), with the new problems beside it; `builtins` are served as they are.
+    pub fn next(old: &CatalogState, loaded: Loaded, builtins: &[Arc<Product>]) -> CatalogState {
         let mut entries = BTreeMap::new();
         for ((domain, name), product) in loaded {
-            let product = product.and_then(|p| match in_force {
-                Some(rules) => check_classifications(rules, p),
-                None => Ok(p),
-            });
             let entry = match product {
                 Ok(p) => Entry { product: Some(Arc::new(p)), problems: vec![] },
                 Err(problems) => {
@@ -266,50 +163,21 @@ impl Catalog {
             };
             entries.insert((domain, name), entry);
         }
-        for b in self.builtins.lock().expect("catalog lock").iter() {
+        for b in builtins {
             entries
                 .insert((b.domain.clone(), b.name.clone()), Entry { product: Some(Arc::clone(b)), problems: vec![] });
         }
-        let generation = old.generation + 1;
-        let report = ReloadReport {
-            generation,
-            available: entries.values().filter(|e| e.product.is_some()).count(),
-            governance_problem,
-            problems: entries
-                .iter()
-                .filter(|(_, e)| !e.problems.is_empty())
-                .map(|((d, p), e)| (format!("{d}/{p}"), e.problems.clone()))
-                .collect(),
-        };
-        if let (Some(g), Some(rules)) = (&self.governance, prepared) {
-            g.install(rules);
-        }
-        self.state.store(Arc::new(CatalogState { entries, generation }));
-        self.generation.send_replace(generation);
-        tracing::info!(generation, available = report.available, refused = report.problems.len(), "catalog loaded");
-        Ok(report)
+        CatalogState { entries }
     }
-}
 
-/// Refuses a product whose contracts use classifications governance does not know.
-fn check_classifications(rules: &Rules, product: Product) -> Result<Product, Vec<Problem>> {
-    let unknown = Governance::unknown_classifications(rules, &product);
-    if unknown.is_empty() {
-        return Ok(product);
+    /// The problems of every product whose newest manifests were refused, by `domain/product`.
+    pub fn problems(&self) -> BTreeMap<String, Vec<Problem>> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| !e.problems.is_empty())
+            .map(|((d, p), e)| (format!("{d}/{p}"), e.problems.clone()))
+            .collect()
     }
-    let known = Governance::vocabulary(rules).join(", ");
-    Err(unknown
-        .into_iter()
-        .map(|(port, column, classification)| Problem {
-            file: format!("{}/{}/{port}.odcs.yaml", product.domain, product.name),
-            field: format!("schema[0].properties[{column}].classification"),
-            message: format!(
-                "classification `{}` is not in the governance vocabulary (matched exactly): {known}; \
-                 use one of them, or ask governance to add it to `classifications` in _governance/governance.yaml",
-                crate::text::clip(&classification)
-            ),
-        })
-        .collect())
 }
 
 /// `(domain, product) -> folder` for every folder holding a product manifest. Folders starting

@@ -125,6 +125,4 @@ pub type ProductKey = (String, String);
 pub struct CatalogState {
     /// Entries by (domain, product).
     pub entries: BTreeMap<ProductKey, Entry>,
-    /// Increases with every successful reload.
-    pub generation: u64,
 }

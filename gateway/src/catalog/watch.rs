@@ -1,15 +1,13 @@
-//! Reloads the catalog when files under the mesh folder change.
+//! Reloads when files under the mesh folder change.
 //!
 //! Only changes count (create, modify, remove, rename): reads are reported by the OS too, and a
 //! reload reads every product, so reacting to reads would reload forever.
 
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
 use notify::event::{AccessKind, EventKind, MetadataKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
-
-use super::Catalog;
 
 /// Watches the mesh folder while alive; dropping it stops the watching.
 pub struct CatalogWatcher {
@@ -35,9 +33,14 @@ fn is_change(kind: &EventKind) -> bool {
 }
 
 impl CatalogWatcher {
-    /// Starts watching. Changes within `debounce` of each other cause one reload, so a team
-    /// copying a folder of files causes one reload, not hundreds.
-    pub fn start(catalog: Arc<Catalog>, debounce: Duration) -> notify::Result<Self> {
+    /// Starts watching `dir`, running `reload` after changes. Changes within `debounce` of each
+    /// other cause one reload, so a team copying a folder of files causes one reload, not
+    /// hundreds.
+    pub fn start<F, Fut>(dir: &Path, debounce: Duration, reload: F) -> notify::Result<Self>
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             // A full channel means a reload is already pending; it will see this change too.
@@ -45,15 +48,13 @@ impl CatalogWatcher {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "watching the mesh folder failed"),
         })?;
-        watcher.watch(catalog.mesh_dir(), RecursiveMode::Recursive)?;
+        watcher.watch(dir, RecursiveMode::Recursive)?;
         let task = tokio::spawn(async move {
             while rx.recv().await.is_some() {
                 // Let a burst of changes settle before reading the folder.
                 tokio::time::sleep(debounce).await;
                 while rx.try_recv().is_ok() {}
-                if let Err(e) = catalog.reload().await {
-                    tracing::warn!(error = %e, "reload after a change failed; the last good catalog stays");
-                }
+                reload().await;
             }
         });
         Ok(Self { _watcher: watcher, task })

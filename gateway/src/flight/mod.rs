@@ -3,25 +3,26 @@
 //! ```text
 //!  client                         meshgate                                   adapter
 //!    │ GetFlightInfo(PATH|CMD)       │                                          │
-//!    │──────────────────────────────►│ resolve product/port in catalog snapshot │
-//!    │                               │ plan (contract columns, filter, limit)   │
-//!    │ FlightInfo{schema, endpoints} │ sign ticket (HMAC, expiry)               │
+//!    │──────────────────────────────►│ core.authorize: resolve in mesh.<domain>,│
+//!    │                               │ governed table, plan (columns, filter)   │
+//!    │ FlightInfo{schema, endpoints} │ core.ticket: sign (HMAC, expiry, subject)│
 //!    │◄──────────────────────────────│                                          │
 //!    │ DoGet(ticket)                 │                                          │
-//!    │──────────────────────────────►│ verify ticket, re-plan, execute_stream ─►│ scan()
+//!    │──────────────────────────────►│ core.read_ticket: verify, re-plan, guard │
+//!    │                               │ check, execute on its own runtime ──────►│ scan()
 //!    │ FlightData (schema, batches…) │◄──────────── RecordBatch stream ─────────│
-//!    │◄──────────────────────────────│ FlightDataEncoder (never collects)       │
+//!    │◄──────────────────────────────│ wire::encode (never collects)            │
 //! ```
 //!
-//! - [`service`]: the `FlightService` implementation; each handler delegates.
+//! - [`service`]: the `FlightService` implementation; each handler decodes, asks the access
+//!   core ([`crate::access`]) and encodes.
 //! - [`actions`]: `describe`, `health`, `reload`.
-//! - [`error`]: errors and the table mapping them to gRPC codes.
 //! - [`wire`]: cutting batches into Flight messages by the bytes their rows occupy.
+//!
+//! Errors are the core's ([`crate::access::Error`]), mapped to gRPC codes by its table.
 
 pub mod actions;
-pub mod error;
 pub mod service;
 pub mod wire;
 
-pub use error::{Error, Result};
 pub use service::MeshFlightService;

@@ -27,20 +27,22 @@
 //!
 //! `principal.<attr>` in a filter is replaced, in the parsed syntax tree, by a literal of the
 //! caller's attribute (`subject`, `domain`, `purpose`, `clearance` or a mapped claim); a missing
-//! attribute becomes NULL, which keeps no rows. Decisions are cached per principal, product and
-//! policy version; a reload changes the version.
+//! attribute becomes NULL, which keeps no rows.
+//!
+//! Governance holds no state of its own: [`Rules`] is a value, loaded by [`Rules::load`], checked
+//! against the products it governs by [`Rules::check`], and put in force by whoever owns the
+//! snapshot (the access core swaps rules and catalog together). Decisions are pure functions of
+//! the rules, the principal and the product ([`Rules::grant`]); caching them is the caller's.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use arrow::datatypes::DataType;
 use datafusion::common::DFSchema;
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{Expr, ExprSchemable, col};
-use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Value as SqlValue, visit_expressions_mut};
 use serde::Deserialize;
 
@@ -133,8 +135,8 @@ impl RowFilterRule {
 pub const BUILTIN_CLASSIFICATIONS: &[&str] = &["public", "internal"];
 
 /// Everything in force at one time: policies, the classification vocabulary, masks, the hash
-/// salt and row filters, loaded together and checked against the products before they are put
-/// in force ([`Governance::prepare`], [`Governance::check`], [`Governance::install`]).
+/// salt and row filters, loaded together ([`Rules::load`]) and checked against the products
+/// before they are put in force ([`Rules::check`]).
 #[derive(Debug)]
 pub struct Rules {
     policies: Policies,
@@ -149,7 +151,7 @@ pub struct Rules {
 
 /// What one principal may do with one port.
 #[derive(Debug)]
-pub struct Access {
+pub struct Grant {
     /// The read decision.
     pub verdict: Verdict,
     /// `(column, strategy)` for every masked column.
@@ -158,14 +160,6 @@ pub struct Access {
     pub row_filters: Vec<String>,
     /// The product as the principal sees it (when allowed).
     pub table: Option<Arc<GovernedTable>>,
-}
-
-/// The governance engine. Cheap to share.
-#[derive(Debug)]
-pub struct Governance {
-    mesh: PathBuf,
-    rules: ArcSwap<Rules>,
-    cache: moka::sync::Cache<String, Arc<Access>>,
 }
 
 fn read_file(path: &Path, rel: &str) -> Result<GovernanceFile> {
@@ -177,51 +171,6 @@ fn read_file(path: &Path, rel: &str) -> Result<GovernanceFile> {
 }
 
 const GLOBAL_FILE: &str = "_governance/governance.yaml";
-
-fn load_rules(mesh: &Path) -> Result<Rules> {
-    let policies = Policies::load(mesh)?;
-    let global = read_file(&mesh.join(GLOBAL_FILE), GLOBAL_FILE)?;
-    let config = |message: String| Error::Config { file: GLOBAL_FILE.into(), message };
-    let salt = match &global.hash_salt_env {
-        Some(var) => std::env::var(var).map_err(|_| config(format!("hash_salt_env: variable {var} is not set")))?,
-        None => String::new(),
-    };
-    if salt.is_empty() && global.masks.values().any(|m| *m == MaskStrategy::Hash) {
-        return Err(config(
-            "the `hash` mask needs a secret salt (unsalted hashes of names and emails are reversed by a dictionary): \
-             set `hash_salt_env` to a variable holding one"
-                .into(),
-        ));
-    }
-    let mut vocabulary: std::collections::BTreeSet<String> =
-        BUILTIN_CLASSIFICATIONS.iter().map(|c| c.to_string()).collect();
-    vocabulary.extend(global.classifications.iter().cloned());
-    vocabulary.extend(global.masks.keys().cloned());
-    let mut row_filters: BTreeMap<String, Vec<RowFilterRule>> = BTreeMap::new();
-    for mut r in global.row_filters {
-        r.file = GLOBAL_FILE.into();
-        row_filters.entry(r.product.clone()).or_default().push(r);
-    }
-    for d in std::fs::read_dir(mesh).into_iter().flatten().flatten() {
-        let domain = d.file_name().to_string_lossy().into_owned();
-        if domain.starts_with(['_', '.']) || !d.path().is_dir() {
-            continue;
-        }
-        let rel = format!("{domain}/_governance.yaml");
-        let f = read_file(&d.path().join("_governance.yaml"), &rel)?;
-        if !f.masks.is_empty() || f.hash_salt_env.is_some() {
-            return Err(Error::Config {
-                file: rel,
-                message: "masks are set globally; a domain file holds only row_filters".into(),
-            });
-        }
-        for mut r in f.row_filters {
-            r.file = rel.clone();
-            row_filters.entry(format!("{domain}/{}", r.product)).or_default().push(r);
-        }
-    }
-    Ok(Rules { policies, vocabulary, masks: global.masks, salt, row_filters })
-}
 
 /// Parses a row filter and binds `principal.<attr>` to `p`'s attributes, typed against `contract`.
 fn row_filter_expr(state: &SessionState, rule: &RowFilterRule, p: &Principal, contract: &DFSchema) -> Result<Expr> {
@@ -245,49 +194,89 @@ fn row_filter_expr(state: &SessionState, rule: &RowFilterRule, p: &Principal, co
 /// Replaces `principal.<attr>` with the caller's attribute, in the syntax tree.
 fn bind_principal(expr: &mut SqlExpr, p: &Principal) {
     let _ = visit_expressions_mut(expr, |e| {
-        if let SqlExpr::CompoundIdentifier(parts) = e {
-            if parts.len() == 2 && parts[0].value.eq_ignore_ascii_case("principal") {
-                let value = match parts[1].value.as_str() {
-                    "subject" => Some(p.subject.clone()),
-                    "domain" => p.domain.clone(),
-                    "purpose" => p.purpose.clone(),
-                    "clearance" => p.clearance.clone(),
-                    other => p.attributes.get(other).cloned(),
-                };
-                *e = SqlExpr::value(value.map_or(SqlValue::Null, SqlValue::SingleQuotedString));
-            }
+        if let SqlExpr::CompoundIdentifier(parts) = e
+            && parts.len() == 2
+            && parts[0].value.eq_ignore_ascii_case("principal")
+        {
+            let value = match parts[1].value.as_str() {
+                "subject" => Some(p.subject.clone()),
+                "domain" => p.domain.clone(),
+                "purpose" => p.purpose.clone(),
+                "clearance" => p.clearance.clone(),
+                other => p.attributes.get(other).cloned(),
+            };
+            *e = SqlExpr::value(value.map_or(SqlValue::Null, SqlValue::SingleQuotedString));
         }
         ControlFlow::<()>::Continue(())
     });
 }
 
-impl Governance {
-    /// Loads policies and governance files of the mesh.
+/// Policy attributes of a product.
+pub fn attrs(product: &Product) -> ProductAttrs {
+    ProductAttrs {
+        domain: product.domain.clone(),
+        name: product.name.clone(),
+        owner: product.owner.clone().unwrap_or_default(),
+        sensitivity: product.sensitivity.clone(),
+        status: product.status.clone(),
+        tags: product.tags.clone(),
+    }
+}
+
+impl Rules {
+    /// Reads the policies and governance files of the mesh in `mesh`.
     pub fn load(mesh: &Path) -> Result<Self> {
-        let rules = load_rules(mesh)?;
-        Ok(Self {
-            mesh: mesh.to_path_buf(),
-            rules: ArcSwap::from_pointee(rules),
-            cache: moka::sync::Cache::new(50_000),
-        })
+        let policies = Policies::load(mesh)?;
+        let global = read_file(&mesh.join(GLOBAL_FILE), GLOBAL_FILE)?;
+        let config = |message: String| Error::Config { file: GLOBAL_FILE.into(), message };
+        let salt = match &global.hash_salt_env {
+            Some(var) => std::env::var(var).map_err(|_| config(format!("hash_salt_env: variable {var} is not set")))?,
+            None => String::new(),
+        };
+        if salt.is_empty() && global.masks.values().any(|m| *m == MaskStrategy::Hash) {
+            return Err(config(
+                "the `hash` mask needs a secret salt (unsalted hashes of names and emails are reversed by a dictionary): \
+                 set `hash_salt_env` to a variable holding one"
+                    .into(),
+            ));
+        }
+        let mut vocabulary: std::collections::BTreeSet<String> =
+            BUILTIN_CLASSIFICATIONS.iter().map(|c| c.to_string()).collect();
+        vocabulary.extend(global.classifications.iter().cloned());
+        vocabulary.extend(global.masks.keys().cloned());
+        let mut row_filters: BTreeMap<String, Vec<RowFilterRule>> = BTreeMap::new();
+        for mut r in global.row_filters {
+            r.file = GLOBAL_FILE.into();
+            row_filters.entry(r.product.clone()).or_default().push(r);
+        }
+        for d in std::fs::read_dir(mesh).into_iter().flatten().flatten() {
+            let domain = d.file_name().to_string_lossy().into_owned();
+            if domain.starts_with(['_', '.']) || !d.path().is_dir() {
+                continue;
+            }
+            let rel = format!("{domain}/_governance.yaml");
+            let f = read_file(&d.path().join("_governance.yaml"), &rel)?;
+            if !f.masks.is_empty() || f.hash_salt_env.is_some() {
+                return Err(Error::Config {
+                    file: rel,
+                    message: "masks are set globally; a domain file holds only row_filters".into(),
+                });
+            }
+            for mut r in f.row_filters {
+                r.file = rel.clone();
+                row_filters.entry(format!("{domain}/{}", r.product)).or_default().push(r);
+            }
+        }
+        Ok(Rules { policies, vocabulary, masks: global.masks, salt, row_filters })
     }
 
-    /// Reads the governance files again, without putting them in force.
-    pub fn prepare(&self) -> Result<Rules> {
-        load_rules(&self.mesh)
-    }
-
-    /// Checks `rules` against the products they govern: every row filter parses, names only
+    /// Checks the rules against the products they govern: every row filter parses, names only
     /// columns of its product's contracts and is boolean. A product that is not loaded is not
     /// checked (its filters are checked when it appears).
-    pub fn check<'a>(
-        rules: &Rules,
-        state: &SessionState,
-        products: impl IntoIterator<Item = &'a Product>,
-    ) -> Result<()> {
+    pub fn check<'a>(&self, state: &SessionState, products: impl IntoIterator<Item = &'a Product>) -> Result<()> {
         let probe = Principal::anonymous();
         for product in products {
-            for rule in rules.row_filters.get(&product.address()).into_iter().flatten() {
+            for rule in self.row_filters.get(&product.address()).into_iter().flatten() {
                 for port in &product.ports {
                     let contract = DFSchema::try_from(Arc::clone(&port.schema))?;
                     row_filter_expr(state, rule, &probe, &contract)?;
@@ -297,20 +286,14 @@ impl Governance {
         Ok(())
     }
 
-    /// Puts `rules` in force.
-    pub fn install(&self, rules: Rules) {
-        self.rules.store(Arc::new(rules));
-        self.cache.invalidate_all();
-    }
-
-    /// The classifications used by `product`'s contracts that `rules` do not know, as
+    /// The classifications used by `product`'s contracts that the rules do not know, as
     /// `(port, column, classification)`.
-    pub fn unknown_classifications(rules: &Rules, product: &Product) -> Vec<(String, String, String)> {
+    pub fn unknown_classifications(&self, product: &Product) -> Vec<(String, String, String)> {
         let mut out = Vec::new();
         for port in &product.ports {
             for field in port.schema.fields() {
                 if let Some(c) = field.metadata().get("meshgate.classification")
-                    && !rules.vocabulary.contains(c)
+                    && !self.vocabulary.contains(c)
                 {
                     out.push((port.name.clone(), field.name().clone(), c.clone()));
                 }
@@ -319,42 +302,20 @@ impl Governance {
         out
     }
 
-    /// The classification vocabulary of `rules`, sorted.
-    pub fn vocabulary(rules: &Rules) -> Vec<String> {
-        rules.vocabulary.iter().cloned().collect()
+    /// The classification vocabulary, sorted.
+    pub fn vocabulary(&self) -> Vec<String> {
+        self.vocabulary.iter().cloned().collect()
     }
 
-    /// The rules in force.
-    pub fn rules(&self) -> Arc<Rules> {
-        self.rules.load_full()
-    }
-
-    /// Version of the rules in force.
-    pub fn version(&self) -> String {
-        self.rules.load().policies.version.clone()
-    }
-
-    /// Policy attributes of a product.
-    pub fn attrs(product: &Product) -> ProductAttrs {
-        ProductAttrs {
-            domain: product.domain.clone(),
-            name: product.name.clone(),
-            owner: product.owner.clone().unwrap_or_default(),
-            sensitivity: product.sensitivity.clone(),
-            status: product.status.clone(),
-            tags: product.tags.clone(),
-        }
+    /// Version of the policies (a digest of their files).
+    pub fn version(&self) -> &str {
+        &self.policies.version
     }
 
     /// Whether `p` may learn that `product` exists.
     pub fn may_discover(&self, p: &Principal, product: &Product) -> bool {
-        let attrs = Self::attrs(product);
-        self.rules
-            .load()
-            .policies
-            .decide(p, Action::Discover, &Resource::Product(&attrs))
-            .map(|v| v.allowed)
-            .unwrap_or(false)
+        let attrs = attrs(product);
+        self.policies.decide(p, Action::Discover, &Resource::Product(&attrs)).map(|v| v.allowed).unwrap_or(false)
     }
 
     /// Whether `p` may operate the gateway: `admin` on the product `_governance/gateway`.
@@ -366,41 +327,15 @@ impl Governance {
             status: "active".into(),
             ..Default::default()
         };
-        self.rules
-            .load()
-            .policies
-            .decide(p, Action::Admin, &Resource::Product(&attrs))
-            .map(|v| v.allowed)
-            .unwrap_or(false)
+        self.policies.decide(p, Action::Admin, &Resource::Product(&attrs)).map(|v| v.allowed).unwrap_or(false)
     }
 
     /// Decides what `p` may read of `port`, building the governed table when allowed.
-    pub fn access(
-        &self,
-        ctx: &SessionContext,
-        p: &Principal,
-        product: &Product,
-        port: &Arc<Port>,
-        generation: u64,
-    ) -> Result<Arc<Access>> {
-        let rules = self.rules.load_full();
-        let key = format!(
-            "{}|{}|{}|{}|{}",
-            serde_json::to_string(p).unwrap_or_default(),
-            product.address(),
-            port.name,
-            generation,
-            rules.policies.version
-        );
-        if let Some(a) = self.cache.get(&key) {
-            return Ok(a);
-        }
-        let attrs = Self::attrs(product);
-        let verdict = rules.policies.decide(p, Action::Read, &Resource::Product(&attrs))?;
+    pub fn grant(&self, state: &SessionState, p: &Principal, product: &Product, port: &Port) -> Result<Grant> {
+        let attrs = attrs(product);
+        let verdict = self.policies.decide(p, Action::Read, &Resource::Product(&attrs))?;
         if !verdict.allowed {
-            let a = Arc::new(Access { verdict, masks: vec![], row_filters: vec![], table: None });
-            self.cache.insert(key, Arc::clone(&a));
-            return Ok(a);
+            return Ok(Grant { verdict, masks: vec![], row_filters: vec![], table: None });
         }
         let mut masks = Vec::new();
         let mut columns = Vec::new();
@@ -411,14 +346,14 @@ impl Governance {
             let strategy = match field.metadata().get("meshgate.classification") {
                 None => None,
                 Some(classification) => {
-                    let unmasked = rules.policies.decide(
+                    let unmasked = self.policies.decide(
                         p,
                         Action::ReadUnmasked,
                         &Resource::Column(&attrs, field.name(), classification),
                     )?;
                     match unmasked.allowed {
                         true => None,
-                        false => Some(rules.masks.get(classification).copied().unwrap_or(MaskStrategy::DenyColumn)),
+                        false => Some(self.masks.get(classification).copied().unwrap_or(MaskStrategy::DenyColumn)),
                     }
                 }
             };
@@ -426,7 +361,7 @@ impl Governance {
                 None => Some(col(datafusion::common::Column::new_unqualified(field.name()))),
                 Some(s) => {
                     masks.push((field.name().clone(), s));
-                    s.expr(field.name(), field.data_type(), &rules.salt)
+                    s.expr(field.name(), field.data_type(), &self.salt)
                 }
             };
             if let Some(expr) = expr {
@@ -436,9 +371,8 @@ impl Governance {
         let mut applied = Vec::new();
         let mut filter: Option<Expr> = None;
         let contract = DFSchema::try_from(Arc::clone(&port.schema))?;
-        let state = ctx.state();
-        for rule in rules.row_filters.get(&product.address()).into_iter().flatten().filter(|r| r.applies(p)) {
-            let expr = row_filter_expr(&state, rule, p, &contract)?;
+        for rule in self.row_filters.get(&product.address()).into_iter().flatten().filter(|r| r.applies(p)) {
+            let expr = row_filter_expr(state, rule, p, &contract)?;
             applied.push(rule.filter.clone());
             filter = Some(match filter {
                 None => expr,
@@ -446,8 +380,6 @@ impl Governance {
             });
         }
         let table = GovernedTable::try_new(Arc::clone(&port.table), columns, filter, &port.schema)?;
-        let a = Arc::new(Access { verdict, masks, row_filters: applied, table: Some(Arc::new(table)) });
-        self.cache.insert(key, Arc::clone(&a));
-        Ok(a)
+        Ok(Grant { verdict, masks, row_filters: applied, table: Some(Arc::new(table)) })
     }
 }

@@ -1,4 +1,5 @@
-//! The Flight front's errors and the one table that maps them to gRPC status codes.
+//! Errors of every call through the access core, and the one table that maps them to gRPC
+//! status codes (every front answers in gRPC codes or their HTTP equivalents).
 //!
 //! Client faults (bad input, unknown names, refused tickets) are logged at `info`, server faults
 //! at `warn` with their full detail; the client gets a message that says what to fix and, for
@@ -11,10 +12,10 @@ use tonic::{Code, Status};
 use crate::text::clip_message;
 use crate::{audit, auth, catalog, governance, query, ticket};
 
-/// Result with the Flight front's [`Error`].
+/// Result with the access core's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything a Flight call can fail with.
+/// Everything a call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Finding the product failed.
@@ -78,6 +79,32 @@ pub enum Error {
     /// The gateway is stopping; the read was ended.
     #[error("the gateway is shutting down; read again (from another replica, or after the restart)")]
     ShuttingDown,
+    /// The mesh's governance files cannot be put in force at startup.
+    #[error("the governance files cannot be put in force: {0}")]
+    GovernanceRefused(String),
+    /// A SQL statement that is not a query.
+    #[error(
+        "only queries (SELECT ...) are served: meshgate's output ports are read-only; a domain publishes data through its own pipeline into the product's storage"
+    )]
+    NotAQuery,
+    /// Every read slot is taken (admission control).
+    #[error(
+        "the gateway is serving its limit of {limit} concurrent reads (--max-concurrent-reads); retry shortly, or read from another replica"
+    )]
+    Busy {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The ticket asks for a shard of a read this gateway serves whole.
+    #[error(
+        "the ticket asks for shard {index} of {count}, which this read cannot be split into; call GetFlightInfo and read the endpoints it returns"
+    )]
+    Shard {
+        /// Shard asked for (0-based).
+        index: u32,
+        /// Number of shards asked for.
+        count: u32,
+    },
     /// A fault of the gateway itself.
     #[error("internal error: {0}")]
     Internal(String),
@@ -94,12 +121,14 @@ impl From<Error> for Status {
     fn from(e: Error) -> Self {
         let status = to_status(&e);
         let detail = clip_message(e.to_string());
+        let reply = clip_message(status.message().to_string());
         if client_fault(status.code()) {
             tracing::info!(code = ?status.code(), error = %detail, "request refused");
         } else {
-            tracing::warn!(code = ?status.code(), error = %detail, "request failed");
+            // The reply of an internal fault carries the error id the log line is found by.
+            tracing::warn!(code = ?status.code(), error = %detail, %reply, "request failed");
         }
-        Status::new(status.code(), clip_message(status.message().to_string()))
+        Status::new(status.code(), reply)
     }
 }
 
@@ -110,8 +139,9 @@ fn client_fault(code: Code) -> bool {
     )
 }
 
-/// The mapping table. No catch-all arm: a new variant must be placed here on purpose.
-fn to_status(e: &Error) -> Status {
+/// The mapping table. No catch-all arm: a new variant must be placed here on purpose. Pure: the
+/// audit log takes a failure's code from it without logging the failure twice.
+pub(crate) fn to_status(e: &Error) -> Status {
     use catalog::Error as C;
     use query::Error as Q;
     use ticket::Error as T;
@@ -122,7 +152,6 @@ fn to_status(e: &Error) -> Status {
             C::NoDomain { .. } | C::NoProduct { .. } | C::NoPort { .. } => Status::not_found(msg),
             C::Unavailable { .. } => Status::unavailable(msg),
             C::MeshUnreadable(_) => internal("the mesh folder cannot be read"),
-            C::Governance(_) => internal("the governance files cannot be loaded"),
         },
         Error::Query(q) => match q {
             Q::BadPath(_)
@@ -155,6 +184,10 @@ fn to_status(e: &Error) -> Status {
         },
         Error::Governance(_) => internal("governance rules could not be applied"),
         Error::ShuttingDown => Status::unavailable(msg),
+        Error::GovernanceRefused(_) => internal("the governance files cannot be loaded"),
+        Error::NotAQuery => Status::invalid_argument(msg),
+        Error::Busy { .. } => Status::resource_exhausted(msg),
+        Error::Shard { .. } => Status::invalid_argument(msg),
         Error::Internal(what) => internal(what),
     }
 }
@@ -204,10 +237,10 @@ fn datafusion_status(what: &str, e: &DataFusionError) -> Status {
     }
 }
 
-/// An `INTERNAL` status carrying only a request id; the detail is in the gateway's log.
+/// An `INTERNAL` status carrying only an error id; the detail is in the gateway's log line that
+/// quotes the same reply.
 fn internal(what: &str) -> Status {
     let id = uuid::Uuid::new_v4();
-    tracing::warn!(error_id = %id, what, "internal error");
     Status::internal(format!("{what}; quote error id {id} to the gateway operators"))
 }
 
@@ -261,6 +294,10 @@ mod tests {
         assert_eq!(code(Error::ForeignTicket), Code::PermissionDenied);
         assert_eq!(code(Error::Audit(audit::Error::Unavailable)), Code::Unavailable);
         assert_eq!(code(Error::ShuttingDown), Code::Unavailable);
+        assert_eq!(code(Error::Busy { limit: 1 }), Code::ResourceExhausted);
+        assert_eq!(code(Error::NotAQuery), Code::InvalidArgument);
+        assert_eq!(code(Error::GovernanceRefused("x".into())), Code::Internal);
+        assert_eq!(code(Error::Shard { index: 1, count: 2 }), Code::InvalidArgument);
         let g = governance::Error::Config { file: "x".into(), message: "y".into() };
         assert_eq!(code(Error::Governance(g)), Code::Internal);
     }

@@ -1,0 +1,160 @@
+//! `describe` and `health` as JSON documents: what a product is (manifest, contract, ports)
+//! and whether its storage answers, for one caller.
+
+use std::sync::Arc;
+
+use meshgate_adapters::Health;
+use serde_json::{Value, json};
+
+use super::error::Result;
+use super::snapshot::MeshSnapshot;
+use crate::catalog::{self, Catalog, Port, Product, Visibility};
+
+/// Whether the caller may see a port's exact row count: not when a row filter or a mask would
+/// hide rows or values from it (a count is then information the rows would not give).
+pub(crate) type ShowsCounts<'a> = &'a (dyn Fn(&Product, &Arc<Port>) -> bool + Sync);
+
+/// The product `domain/name` (and its port `port`, or the default one) as the caller sees it.
+pub(crate) fn describe(
+    snapshot: &MeshSnapshot,
+    (domain, name, port): (String, String, Option<String>),
+    visible: Visibility<'_>,
+    counts: ShowsCounts<'_>,
+) -> Result<Value> {
+    let snapshot = &snapshot.catalog;
+    match snapshot.resolve_visible(&domain, &name, port.as_deref(), visible) {
+        Ok((p, port)) => {
+            let problems = snapshot.entries.get(&(domain, name)).map(|e| e.problems.clone()).unwrap_or_default();
+            Ok(json!({
+                "product": product_json(&p, counts),
+                "port": port.name,
+                "contract": contract_json(&port),
+                "status": if problems.is_empty() { "available" } else { "serving_last_good" },
+                "problems": problems,
+            }))
+        }
+        // A broken product is described with its problems, so its owners can see why.
+        Err(catalog::Error::Unavailable { product, .. }) => {
+            let entry = snapshot.entries.get(&(domain.clone(), name));
+            Ok(json!({
+                "product": {"address": product, "domain": domain},
+                "status": "unavailable",
+                "problems": entry.map(|e| e.problems.clone()).unwrap_or_default(),
+            }))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn product_json(p: &Product, counts: ShowsCounts<'_>) -> Value {
+    json!({
+        "address": p.address(),
+        "domain": p.domain,
+        "name": p.name,
+        "id": p.id,
+        "title": p.title,
+        "status": p.status,
+        "owner": p.owner,
+        "tags": p.tags,
+        "description": p.description,
+        "default_port": p.ports[p.default_port].name,
+        "ports": p.ports.iter().map(|x| json!({
+            "name": x.name,
+            "version": x.version,
+            "contract_id": x.contract.id,
+            "contract_version": x.contract.version,
+            // -1, as in FlightInfo: not known to this caller.
+            "total_records": if counts(p, x) { x.total_records } else { -1 },
+        })).collect::<Vec<_>>(),
+        "odps": public_document(&p.document),
+    })
+}
+
+fn contract_json(port: &Port) -> Value {
+    let columns: Vec<Value> = port
+        .contract
+        .properties
+        .iter()
+        .map(|c| {
+            let field = port.schema.field_with_name(&c.name).ok();
+            json!({
+                "name": c.name,
+                "arrow_type": field.map(|f| f.data_type().to_string()),
+                "nullable": field.map(|f| f.is_nullable()),
+                "logicalType": c.logical_type,
+                "physicalType": c.physical_type,
+                "required": c.required,
+                "primaryKey": c.primary_key,
+                "classification": c.classification,
+                "description": c.description,
+            })
+        })
+        .collect();
+    json!({
+        "id": port.contract.id,
+        "version": port.contract.version,
+        "status": port.contract.status,
+        "columns": columns,
+        "odcs": public_document(&port.contract.document),
+    })
+}
+
+/// A manifest without meshgate's own settings: they name storage locations, which are the
+/// operators' business, not the consumers'.
+fn public_document(doc: &Value) -> Value {
+    let mut doc = doc.clone();
+    if let Some(props) = doc.get_mut("customProperties").and_then(Value::as_array_mut) {
+        props.retain(|p| !p.get("property").and_then(Value::as_str).is_some_and(|s| s.starts_with("meshgate.")));
+    }
+    doc
+}
+
+/// Gateway and per-product health, each port's storage checked, for the products `visible` shows.
+pub(crate) async fn health(catalog: &Catalog, snapshot: &MeshSnapshot, visible: Visibility<'_>) -> Value {
+    let mut products = Vec::new();
+    let mut degraded = false;
+    for ((domain, name), entry) in &snapshot.catalog.entries {
+        if !visible(domain, name, entry.product.as_deref()) {
+            continue;
+        }
+        let mut ports = Vec::new();
+        if let Some(p) = &entry.product {
+            for port in &p.ports {
+                let ctx = catalog.open_context(&port.product_dir);
+                let h = catalog.registry().health(&port.binding, &port.table, &ctx).await;
+                degraded |= h != Health::Ok;
+                ports.push(json!({"port": port.name, "health": h}));
+            }
+        }
+        let status = match (&entry.product, entry.problems.is_empty()) {
+            (Some(_), true) => "available",
+            (Some(_), false) => "serving_last_good",
+            (None, _) => "unavailable",
+        };
+        degraded |= status != "available";
+        products.push(json!({
+            "product": format!("{domain}/{name}"),
+            "status": status,
+            "problems": entry.problems,
+            "ports": ports,
+        }));
+    }
+    json!({
+        "status": if degraded { "degraded" } else { "ok" },
+        "generation": snapshot.generation,
+        "products": products,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_not_published() {
+        let doc = json!({"id": "x", "customProperties": [{"property": "meshgate.binding", "value": {"location": "/srv"}}, {"property": "team.slack", "value": "#x"}]});
+        let out = public_document(&doc);
+        assert_eq!(out["customProperties"].as_array().unwrap().len(), 1);
+        assert!(!out.to_string().contains("/srv"));
+    }
+}

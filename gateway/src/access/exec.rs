@@ -1,0 +1,179 @@
+//! Where plans run: a runtime of their own, off the one that accepts and answers gRPC calls.
+//!
+//! Planning and execution are CPU work that can take seconds (a large sort, a Parquet decode);
+//! on the accept runtime they would delay every other caller's Handshake and GetFlightInfo. The
+//! [`Executor`] runs them on its own threads and hands batches back through a channel of two,
+//! so a slow client holds at most a couple of batches in it (backpressure reaches the scan).
+
+use std::future::Future;
+
+use arrow::array::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::DataFrame;
+use futures::{Stream, StreamExt};
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::error::{Error, Result};
+use crate::audit::AuditToken;
+use crate::governance::check_guarded;
+
+/// Batches in flight between the execution runtime and the stream sent to the client.
+const CHANNEL_BATCHES: usize = 2;
+
+/// A multi-threaded runtime for planning and executing reads.
+#[derive(Debug)]
+pub(crate) struct Executor {
+    handle: Handle,
+    runtime: Option<Runtime>,
+}
+
+impl Executor {
+    /// A runtime with `threads` workers (0: one per core).
+    pub(crate) fn new(threads: usize) -> std::io::Result<Self> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.thread_name("meshgate-exec").enable_all();
+        if threads > 0 {
+            builder.worker_threads(threads);
+        }
+        let runtime = builder.build()?;
+        Ok(Self { handle: runtime.handle().clone(), runtime: Some(runtime) })
+    }
+
+    /// Runs `work` on the execution runtime and waits for it.
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        match self.handle.spawn(work).await {
+            Ok(out) => out,
+            Err(e) => Err(Error::Internal(format!("a planning task failed: {e}"))),
+        }
+    }
+
+    /// Builds the physical plan of `df` (checking, when `guarded`, that every scan kept its
+    /// governance guard) and starts it; batches arrive through the returned stream. Dropping the
+    /// stream stops the execution.
+    pub(crate) async fn start(
+        &self,
+        df: DataFrame,
+        guarded: bool,
+        label: String,
+    ) -> Result<impl Stream<Item = Result<RecordBatch, DataFusionError>> + Send + 'static> {
+        let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_BATCHES);
+        let (ready, started) = tokio::sync::oneshot::channel::<Result<()>>();
+        self.handle.spawn(async move {
+            let task = df.task_ctx();
+            let plan = match df.create_physical_plan().await {
+                Ok(p) => p,
+                Err(e) => return drop(ready.send(Err(Error::execution(label, e)))),
+            };
+            if guarded && let Err(e) = check_guarded(&plan) {
+                return drop(ready.send(Err(Error::Internal(e.to_string()))));
+            }
+            let mut batches = match datafusion::physical_plan::execute_stream(plan, std::sync::Arc::new(task)) {
+                Ok(s) => s,
+                Err(e) => return drop(ready.send(Err(Error::execution(label, e)))),
+            };
+            if ready.send(Ok(())).is_err() {
+                return;
+            }
+            loop {
+                let next = tokio::select! {
+                    // The reader went away: stop reading storage.
+                    () = tx.closed() => return,
+                    next = batches.next() => next,
+                };
+                match next {
+                    Some(b) => {
+                        if tx.send(b).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                }
+            }
+        });
+        match started.await {
+            Ok(Ok(())) => Ok(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Internal("the execution task ended before the read started".into())),
+        }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which an async context forbids; running reads are ended.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Counts what a read delivers and records its outcome, durably, before the stream ends: the
+/// client sees the end of a stream only once its record is on disk, and a record that cannot
+/// be written ends the stream with `UNAVAILABLE` instead. When the gateway stops, the stream
+/// ends with `UNAVAILABLE` and that outcome is recorded. A stream dropped by its client is
+/// recorded as cancelled by the token. The read slot (`permit`) is held until the stream ends
+/// or is dropped.
+pub(crate) fn audited(
+    inner: impl Stream<Item = Result<RecordBatch, DataFusionError>> + Send + 'static,
+    token: Option<AuditToken>,
+    label: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+    permit: OwnedSemaphorePermit,
+) -> impl Stream<Item = Result<RecordBatch>> + Send + 'static {
+    struct Reading<S> {
+        inner: std::pin::Pin<Box<S>>,
+        token: Option<AuditToken>,
+        label: String,
+        stop: tokio::sync::watch::Receiver<bool>,
+        _permit: OwnedSemaphorePermit,
+    }
+    async fn finish(token: Option<AuditToken>, status: Option<&tonic::Status>) -> Result<()> {
+        match (token, status) {
+            (None, _) => Ok(()),
+            (Some(t), None) => Ok(t.ok().await?),
+            (Some(t), Some(s)) => Ok(t.fail(s).await?),
+        }
+    }
+    async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+        if stop.wait_for(|s| *s).await.is_err() {
+            // The gateway was dropped without a shutdown: nothing will ever stop this stream.
+            std::future::pending::<()>().await;
+        }
+    }
+    let state = Some(Reading { inner: Box::pin(inner), token, label, stop, _permit: permit });
+    futures::stream::unfold(state, |state| async move {
+        let mut r = state?;
+        let next = tokio::select! {
+            biased;
+            () = stopped(&mut r.stop) => {
+                let e = Error::ShuttingDown;
+                let status = tonic::Status::unavailable(e.to_string());
+                let _ = finish(r.token.take(), Some(&status)).await;
+                return Some((Err(e), None));
+            }
+            next = r.inner.next() => next,
+        };
+        match next {
+            Some(Ok(b)) => {
+                if let Some(t) = r.token.as_mut() {
+                    t.add(b.num_rows() as u64, b.get_array_memory_size() as u64);
+                }
+                Some((Ok(b), Some(r)))
+            }
+            Some(Err(e)) => {
+                let e = Error::execution(r.label.clone(), e);
+                let status = tonic::Status::aborted("the read failed");
+                let _ = finish(r.token.take(), Some(&status)).await;
+                Some((Err(e), None))
+            }
+            None => match finish(r.token.take(), None).await {
+                Ok(()) => None,
+                Err(e) => Some((Err(e), None)),
+            },
+        }
+    })
+}

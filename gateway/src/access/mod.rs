@@ -1,0 +1,590 @@
+//! The access core: one home for "who may see and read what", below every front.
+//!
+//! ```text
+//!   Flight front     Flight SQL front     HTTP catalog     producer path
+//!        └────────────────┴─────────┬────────┴──────────────────┘
+//!                      decode → AccessCore → encode
+//!   discover · describe · health · authorize(principal, request) → AuthorizedPlan
+//!   ticket(plan, shard) · read_ticket / execute(plan, shard) → ReadStream · reload
+//!                                   │
+//!        MeshSnapshot (one ArcSwap: catalog state + rules + generation)
+//!        PrincipalView → catalog `mesh`: schema per domain, governed table per product
+//!        Executor (own runtime) · read slots (semaphore) · audit token per call
+//!                                   │
+//!                     adapters' TableProviders (only through governed tables)
+//! ```
+//!
+//! - [`snapshot`]: the snapshot in force and how a reload builds the next one.
+//! - [`mesh`]: the catalog `mesh` as one principal sees it (naming: `mesh.<domain>.<product>`,
+//!   `mesh.<domain>.<product>__<port>`).
+//! - [`plan`]: read requests, shards and the authorized plan.
+//! - `exec`: the execution runtime and the audited stream.
+//! - `describe`: `describe` and `health` documents.
+//! - [`error`]: every call's errors and the table mapping them to gRPC codes.
+//!
+//! Nothing else reaches an adapter: fronts hold the core, and the core hands out plans over
+//! governed tables only, checks after physical planning that every scan kept its guard, and
+//! records every outcome in the audit log.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{DataFrame, SQLOptions, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+mod describe;
+pub mod error;
+mod exec;
+pub mod mesh;
+pub mod plan;
+pub mod snapshot;
+
+pub use crate::audit::Client;
+pub use error::{Error, Result};
+pub use mesh::{CATALOG, PORT_SEPARATOR, Resolved};
+pub use plan::{AuthorizedPlan, ReadRequest, Shard};
+pub use snapshot::{MeshSnapshot, ReloadReport};
+
+use crate::audit::{self, AuditLog, AuditToken};
+use crate::auth::Principal;
+use crate::catalog::{Catalog, Product};
+use crate::query::{self, ReadSpec};
+use crate::ticket::TicketSigner;
+use exec::Executor;
+use mesh::{Decisions, MeshCatalog, PrincipalView};
+
+/// Who is calling, from where, through which call (`GetFlightInfo`, `DoGet`, ...): what every
+/// core method that records an outcome needs.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The call's name, as the audit log records it.
+    pub rpc: String,
+    /// Who is calling.
+    pub principal: Principal,
+    /// Where the call came from.
+    pub client: Client,
+}
+
+/// A signed ticket for one endpoint of a plan.
+#[derive(Debug, Clone)]
+pub struct IssuedTicket {
+    /// The bytes to put in a Flight `Ticket`.
+    pub ticket: Vec<u8>,
+    /// When the ticket stops being accepted.
+    pub expires: SystemTime,
+}
+
+/// A running read: its schema and its batches, counted and audited.
+pub struct ReadStream {
+    /// What is streamed (the schema announced for the plan).
+    pub schema: SchemaRef,
+    /// The products read, for messages.
+    pub label: String,
+    /// The batches; the stream ends only once the read's outcome is durable.
+    pub batches: BoxStream<'static, Result<RecordBatch>>,
+}
+
+impl std::fmt::Debug for ReadStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadStream").field("label", &self.label).finish_non_exhaustive()
+    }
+}
+
+/// Settings of the core.
+#[derive(Debug, Clone)]
+pub struct CoreOptions {
+    /// Whether policies, masks and row filters are read and enforced.
+    pub governed: bool,
+    /// Worker threads of the execution runtime (0: one per core).
+    pub exec_threads: usize,
+    /// Reads that may stream at once; one more is refused with `RESOURCE_EXHAUSTED`.
+    pub max_reads: usize,
+}
+
+impl Default for CoreOptions {
+    fn default() -> Self {
+        Self { governed: false, exec_threads: 0, max_reads: DEFAULT_MAX_READS }
+    }
+}
+
+/// Reads streaming at once by default.
+pub const DEFAULT_MAX_READS: usize = 256;
+
+/// The access core. Share it behind an `Arc`.
+pub struct AccessCore {
+    catalog: Catalog,
+    state: ArcSwap<MeshSnapshot>,
+    options: CoreOptions,
+    builtins: Vec<Arc<Product>>,
+    reload_lock: tokio::sync::Mutex<()>,
+    generation: tokio::sync::watch::Sender<u64>,
+    decisions: Arc<Decisions>,
+    ctx: SessionContext,
+    signer: TicketSigner,
+    now: fn() -> SystemTime,
+    audit: Option<Arc<AuditLog>>,
+    exec: Executor,
+    reads: Arc<Semaphore>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for AccessCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessCore")
+            .field("mesh", &self.catalog.mesh_dir())
+            .field("generation", &self.state.load().generation)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`AccessCore`].
+pub struct CoreBuilder {
+    catalog: Catalog,
+    ctx: SessionContext,
+    signer: TicketSigner,
+    options: CoreOptions,
+    builtins: Vec<Arc<Product>>,
+    now: fn() -> SystemTime,
+    audit: Option<Arc<AuditLog>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for CoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoreBuilder")
+            .field("mesh", &self.catalog.mesh_dir())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CoreBuilder {
+    /// Uses `options`.
+    pub fn with_options(mut self, options: CoreOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Serves `product` (one of the gateway's own, like `_governance/audit`) in every snapshot.
+    pub fn with_builtin(mut self, product: Product) -> Self {
+        self.builtins.push(Arc::new(product));
+        self
+    }
+
+    /// Records every outcome in `audit`.
+    pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Ends running streams (with `UNAVAILABLE`, their outcome recorded) when `stop` turns true.
+    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// Uses `now` as the clock for tickets (tests).
+    pub fn with_clock(mut self, now: fn() -> SystemTime) -> Self {
+        self.now = now;
+        self
+    }
+
+    /// Starts the execution runtime and loads the mesh. Fails when the governance files cannot
+    /// be put in force (at startup there are no rules that worked before to fall back on).
+    pub async fn build(self) -> Result<Arc<AccessCore>> {
+        let exec = Executor::new(self.options.exec_threads)
+            .map_err(|e| Error::Internal(format!("cannot start the execution runtime: {e}")))?;
+        let core = Arc::new(AccessCore {
+            state: ArcSwap::from_pointee(MeshSnapshot::default()),
+            reload_lock: tokio::sync::Mutex::new(()),
+            generation: tokio::sync::watch::Sender::new(0),
+            decisions: Arc::new(Decisions::new(self.ctx.state())),
+            reads: Arc::new(Semaphore::new(self.options.max_reads)),
+            catalog: self.catalog,
+            options: self.options,
+            builtins: self.builtins,
+            ctx: self.ctx,
+            signer: self.signer,
+            now: self.now,
+            audit: self.audit,
+            exec,
+            stop: self.stop,
+        });
+        let report = core.reload().await?;
+        if let Some(problem) = report.governance_problem {
+            return Err(Error::GovernanceRefused(problem));
+        }
+        Ok(core)
+    }
+}
+
+impl AccessCore {
+    /// A core over `catalog`, planning in `ctx` and signing tickets with `signer`.
+    pub fn builder(catalog: Catalog, ctx: SessionContext, signer: TicketSigner) -> CoreBuilder {
+        CoreBuilder {
+            catalog,
+            ctx,
+            signer,
+            options: CoreOptions::default(),
+            builtins: Vec::new(),
+            now: SystemTime::now,
+            audit: None,
+            stop: tokio::sync::watch::channel(false).1,
+        }
+    }
+
+    /// The snapshot in force.
+    pub fn snapshot(&self) -> Arc<MeshSnapshot> {
+        self.state.load_full()
+    }
+
+    /// Notified with the new generation after every reload.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// The mesh folder (canonical).
+    pub fn mesh_dir(&self) -> &Path {
+        self.catalog.mesh_dir()
+    }
+
+    /// Reads the mesh folder again and puts products and rules in force together. On failure
+    /// to read the folder, the snapshot in force stays.
+    pub async fn reload(&self) -> Result<ReloadReport> {
+        let _guard = self.reload_lock.lock().await;
+        let old = self.snapshot();
+        let state = self.ctx.state();
+        let (next, report) = snapshot::next(&self.catalog, &state, &old, self.options.governed, &self.builtins).await?;
+        self.state.store(Arc::new(next));
+        self.decisions.clear();
+        self.generation.send_replace(report.generation);
+        tracing::info!(
+            generation = report.generation,
+            available = report.available,
+            refused = report.problems.len(),
+            governance_refused = report.governance_problem.is_some(),
+            "mesh loaded"
+        );
+        Ok(report)
+    }
+
+    /// [`AccessCore::reload`] on behalf of `p`, who must be allowed to operate the gateway.
+    pub async fn reload_as(&self, p: &Principal) -> Result<ReloadReport> {
+        if !self.snapshot().may_admin(p) {
+            return Err(Error::Denied { product: "the gateway (reload)".into(), policy_ids: vec![] });
+        }
+        self.reload().await
+    }
+
+    /// Every product port `p` may discover and read, matching `criteria` (`tag:x`, or a
+    /// case-insensitive substring of address, title or description; empty for all), each as a
+    /// plan of its whole port. Products `p` may discover but not read are left out.
+    pub async fn discover(self: &Arc<Self>, p: &Principal, criteria: &[u8]) -> Result<Vec<AuthorizedPlan>> {
+        let criteria =
+            std::str::from_utf8(criteria).map_err(|_| query::Error::NotUtf8("the criteria"))?.trim().to_lowercase();
+        let (core, p) = (Arc::clone(self), p.clone());
+        self.exec.run(async move { core.discover_now(&p, &criteria).await }).await
+    }
+
+    async fn discover_now(&self, p: &Principal, criteria: &str) -> Result<Vec<AuthorizedPlan>> {
+        let snapshot = self.snapshot();
+        let mut out = Vec::new();
+        for product in snapshot.catalog.products().filter(|x| snapshot.visible(p, Some(x.as_ref()))) {
+            let hit = match criteria.strip_prefix("tag:") {
+                Some(tag) => product.tags.iter().any(|t| t.to_lowercase() == tag.trim()),
+                None => [product.address(), product.title.clone(), product.description.clone()]
+                    .iter()
+                    .any(|s| s.to_lowercase().contains(criteria)),
+            };
+            if !hit {
+                continue;
+            }
+            for port in &product.ports {
+                let spec = ReadSpec {
+                    domain: product.domain.clone(),
+                    product: product.name.clone(),
+                    port: Some(port.name.clone()),
+                    ..ReadSpec::default()
+                };
+                match self.plan_in(&snapshot, p.clone(), ReadRequest::Product(spec)).await {
+                    Ok(plan) => out.push(plan),
+                    // Discoverable but not readable: listed nowhere a ticket would be useless.
+                    Err(Error::Denied { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The product `domain/name` (its port `port`, or the default one) as `p` sees it: manifest,
+    /// contract, status and problems. A product `p` may not discover does not exist.
+    pub fn describe(&self, p: &Principal, (domain, name, port): (String, String, Option<String>)) -> Result<Value> {
+        let snapshot = self.snapshot();
+        let visible = |_: &str, _: &str, prod: Option<&Product>| snapshot.visible(p, prod);
+        let counts = |product: &Product, port: &Arc<crate::catalog::Port>| {
+            self.decisions
+                .grant(&snapshot, p, product, port)
+                .is_ok_and(|g| g.is_none_or(|g| g.table.is_some() && g.row_filters.is_empty() && g.masks.is_empty()))
+        };
+        describe::describe(&snapshot, (domain, name, port), &visible, &counts)
+    }
+
+    /// Gateway and product health, for the products `p` may discover.
+    pub async fn health(&self, p: &Principal) -> Value {
+        let snapshot = self.snapshot();
+        let visible = |_: &str, _: &str, prod: Option<&Product>| snapshot.visible(p, prod);
+        describe::health(&self.catalog, &snapshot, &visible).await
+    }
+
+    /// Decides and plans `request` for the caller. A product the caller may not discover is
+    /// missing; one it may discover but not read is refused, and the refusal is recorded.
+    pub async fn authorize(self: &Arc<Self>, call: &Call, request: ReadRequest) -> Result<AuthorizedPlan> {
+        let out = self.plan(call.principal.clone(), request).await;
+        if let (Err(Error::Denied { product, policy_ids }), Some(log)) = (&out, &self.audit) {
+            let mut token = log.begin(&call.rpc, call.client.clone(), &call.principal)?;
+            let (domain, name) = product.split_once('/').unwrap_or((product.as_str(), ""));
+            token.resources(&[audit::Resource { domain: domain.into(), product: name.into(), ..Default::default() }]);
+            token.decision(&audit::Decision {
+                effect: "deny".into(),
+                policy_ids: policy_ids.clone(),
+                ..Default::default()
+            });
+            token.fail(&tonic::Status::permission_denied("denied by policy")).await?;
+        }
+        out
+    }
+
+    /// A signed ticket for `shard` of `plan`, bound to the principal it was planned for.
+    pub fn ticket(&self, plan: &AuthorizedPlan, shard: Shard) -> IssuedTicket {
+        let now = (self.now)();
+        IssuedTicket { ticket: self.signer.sign(plan.claims(shard), now), expires: now + self.signer.ttl() }
+    }
+
+    /// Redeems a ticket: verifies it (signature, expiry, the caller is its subject), decides and
+    /// plans its read again (the rules may have changed), refuses it when a contract it was
+    /// planned against changed, and executes it.
+    pub async fn read_ticket(self: &Arc<Self>, call: &Call, ticket: &[u8]) -> Result<ReadStream> {
+        let mut token = self.begin(call)?;
+        match self.redeem(call, ticket, token.as_mut()).await {
+            Ok((plan, shard)) => self.run(plan, shard, token).await,
+            Err(e) => Err(fail(token, e).await),
+        }
+    }
+
+    /// Executes `shard` of `plan` for the caller it was planned for.
+    pub async fn execute(self: &Arc<Self>, call: &Call, plan: AuthorizedPlan, shard: Shard) -> Result<ReadStream> {
+        let mut token = self.begin(call)?;
+        if plan.principal.subject != call.principal.subject || plan.principal.issuer != call.principal.issuer {
+            return Err(fail(token, Error::ForeignTicket).await);
+        }
+        if let Some(t) = token.as_mut() {
+            note(t, &plan, None);
+        }
+        self.run(plan, shard, token).await
+    }
+
+    /// Runs `work` for the caller and records its outcome durably before returning it.
+    pub async fn recorded<T>(&self, call: &Call, work: impl Future<Output = Result<T>>) -> Result<T> {
+        let token = self.begin(call)?;
+        let out = work.await;
+        if let Some(t) = token {
+            // No result leaves unrecorded.
+            match &out {
+                Ok(_) => t.ok().await?,
+                Err(e) => t.fail(&error::to_status(e)).await?,
+            }
+        }
+        out
+    }
+
+    /// Records a successful sign-in, durably, before its token is handed out.
+    pub async fn login(&self, client: Client, p: &Principal) -> Result<()> {
+        match &self.audit {
+            Some(log) => Ok(log.login(client, p).await?),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a failed sign-in (rate-limited per source; never blocks).
+    pub fn auth_failure(&self, rpc: &str, client: Client, reason: &str) {
+        if let Some(log) = &self.audit {
+            log.auth_failure(rpc, client, reason);
+        }
+    }
+
+    fn begin(&self, call: &Call) -> Result<Option<AuditToken>> {
+        match &self.audit {
+            Some(log) => Ok(Some(log.begin(&call.rpc, call.client.clone(), &call.principal)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn redeem(
+        self: &Arc<Self>,
+        call: &Call,
+        ticket: &[u8],
+        token: Option<&mut AuditToken>,
+    ) -> Result<(AuthorizedPlan, Shard)> {
+        let p = &call.principal;
+        let claims = self.signer.verify(ticket, (self.now)())?;
+        if claims.subject != p.subject || claims.issuer != p.issuer {
+            return Err(Error::ForeignTicket);
+        }
+        let request = ReadRequest::from_claims(&claims)?;
+        let plan = self.plan(p.clone(), request).await?;
+        if let Some(t) = token {
+            note(t, &plan, Some(&hex::encode(&claims.ticket_id)));
+        }
+        plan.check_fresh(&claims.resources)?;
+        Ok((plan, Shard { index: claims.shard_index, count: claims.shard_count }))
+    }
+
+    /// Takes a read slot, starts the plan on the execution runtime, records that data is about
+    /// to leave, and returns the audited stream.
+    async fn run(&self, plan: AuthorizedPlan, shard: Shard, mut token: Option<AuditToken>) -> Result<ReadStream> {
+        let label = plan.label();
+        let AuthorizedPlan { df, schema, .. } = plan;
+        let started = async {
+            shard.check()?;
+            let permit = Arc::clone(&self.reads)
+                .try_acquire_owned()
+                .map_err(|_| Error::Busy { limit: self.options.max_reads })?;
+            let batches = self.exec.start(df, self.options.governed, label.clone()).await?;
+            Ok((permit, batches))
+        };
+        let (permit, batches) = match started.await {
+            Ok(x) => x,
+            Err(e) => return Err(fail(token, e).await),
+        };
+        // Data leaves only once the read's start is on disk.
+        if let Some(t) = token.as_mut() {
+            t.started().await?;
+        }
+        let batches = exec::audited(batches, token, label.clone(), self.stop.clone(), permit).boxed();
+        Ok(ReadStream { schema, label, batches })
+    }
+
+    /// Plans `request` for `p` on the execution runtime.
+    async fn plan(self: &Arc<Self>, p: Principal, request: ReadRequest) -> Result<AuthorizedPlan> {
+        let core = Arc::clone(self);
+        self.exec
+            .run(async move {
+                let snapshot = core.snapshot();
+                core.plan_in(&snapshot, p, request).await
+            })
+            .await
+    }
+
+    /// Plans `request` for `p` over the catalog `mesh` as `p` sees it in `snapshot`.
+    async fn plan_in(
+        &self,
+        snapshot: &Arc<MeshSnapshot>,
+        p: Principal,
+        request: ReadRequest,
+    ) -> Result<AuthorizedPlan> {
+        let view = Arc::new(PrincipalView::new(Arc::clone(snapshot), p.clone(), Arc::clone(&self.decisions)));
+        let (df, schema) = match &request {
+            ReadRequest::Product(spec) => {
+                let (table, r) = view.resolve(&spec.domain, &spec.product, spec.port.as_deref())?;
+                let planned = query::plan(&self.ctx, &r.product, &r.port, table, spec)?;
+                (planned.df, planned.schema)
+            }
+            ReadRequest::Sql(sql) => self.plan_sql(&view, sql).await?,
+        };
+        Ok(AuthorizedPlan {
+            request,
+            principal: p,
+            df,
+            schema,
+            reads: view.take_resolved(),
+            generation: snapshot.generation,
+        })
+    }
+
+    /// Plans a read-only SQL statement in a session whose only catalog is `mesh` as the
+    /// principal sees it, without table functions; anything but a query is refused.
+    async fn plan_sql(&self, view: &Arc<PrincipalView>, sql: &str) -> Result<(DataFrame, SchemaRef)> {
+        let catalogs = MemoryCatalogProviderList::new();
+        catalogs.register_catalog(CATALOG.into(), Arc::new(MeshCatalog(Arc::clone(view))));
+        let mut config = self.ctx.copied_config();
+        let options = &mut config.options_mut().catalog;
+        options.default_catalog = CATALOG.into();
+        options.information_schema = false;
+        // Otherwise the builder registers an empty catalog under the default name, over `mesh`.
+        options.create_default_catalog_and_schema = false;
+        let state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_config(config)
+            .with_catalog_list(Arc::new(catalogs))
+            .with_table_functions(Default::default())
+            .build();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(sql, &dialect).map_err(|e| planning("the statement", e))?;
+        match &statement {
+            DfStatement::Statement(s) if matches!(**s, SqlStatement::Query(_)) => {}
+            _ => return Err(Error::NotAQuery),
+        }
+        let plan = state.statement_to_plan(statement).await.map_err(|e| planning("the statement", e))?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|_| Error::NotAQuery)?;
+        let df = DataFrame::new(state, plan);
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        Ok((df, schema))
+    }
+}
+
+/// A planning error: one the core raised while resolving a table (a denial) comes back as
+/// itself; anything else is DataFusion's verdict on the statement.
+fn planning(what: &str, e: DataFusionError) -> Error {
+    if let DataFusionError::External(inner) = e.find_root()
+        && let Some(core) = inner.downcast_ref::<Error>()
+    {
+        return match core {
+            Error::Denied { product, policy_ids } => {
+                Error::Denied { product: product.clone(), policy_ids: policy_ids.clone() }
+            }
+            other => Error::Internal(other.to_string()),
+        };
+    }
+    Error::execution(what, e)
+}
+
+/// Notes what a read reads and the decision, in its audit record.
+fn note(t: &mut AuditToken, plan: &AuthorizedPlan, ticket_id: Option<&str>) {
+    t.ids(&uuid::Uuid::new_v4().to_string(), ticket_id);
+    t.resources(&plan.audit_resources());
+    if let Some(d) = plan.audit_decision() {
+        t.decision(&d);
+    }
+}
+
+/// Records `e` as the call's outcome (durably) and returns it; an audit failure replaces it.
+async fn fail(token: Option<AuditToken>, e: Error) -> Error {
+    match token {
+        Some(t) => match t.fail(&error::to_status(&e)).await {
+            Ok(()) => e,
+            Err(a) => a.into(),
+        },
+        None => e,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,268 @@
+//! What a caller asks to read, and the plan the core authorized for it.
+
+use arrow::datatypes::SchemaRef;
+use datafusion::prelude::DataFrame;
+use meshgate_proto::v1::ticket_claims::Read;
+use meshgate_proto::v1::{ProductRead, ResourceRead, SqlStatement, TicketClaims};
+use serde_json::{Value, json};
+
+use super::error::{Error, Result};
+use super::mesh::Resolved;
+use crate::audit;
+use crate::auth::Principal;
+use crate::query::ReadSpec;
+
+/// A read request, from any front.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadRequest {
+    /// One product port: `SELECT <columns> FROM mesh.<domain>.<product> WHERE <filter> LIMIT <n>`.
+    Product(ReadSpec),
+    /// A read-only SQL statement over the catalog `mesh`.
+    Sql(String),
+}
+
+impl ReadRequest {
+    /// The whole default (or named) port of a product, from a PATH descriptor.
+    pub fn from_path(path: &[String]) -> Result<Self> {
+        Ok(Self::Product(ReadSpec::from_path(path)?))
+    }
+
+    /// A JSON query (`{"product": "<domain>/<product>", "columns": [...], ...}`).
+    pub fn from_json(cmd: &[u8]) -> Result<Self> {
+        Ok(Self::Product(ReadSpec::from_json(cmd)?))
+    }
+
+    /// The request a ticket's claims carry.
+    pub(crate) fn from_claims(claims: &TicketClaims) -> Result<Self> {
+        match &claims.read {
+            Some(Read::Product(r)) => Ok(Self::Product(ReadSpec {
+                domain: r.domain.clone(),
+                product: r.product.clone(),
+                port: Some(r.port.clone()).filter(|p| !p.is_empty()),
+                columns: r.columns.clone(),
+                filter: Some(r.filter.clone()).filter(|f| !f.is_empty()),
+                limit: r.limit,
+            })),
+            Some(Read::Sql(s)) => Ok(Self::Sql(s.query.clone())),
+            None => Err(Error::Ticket(crate::ticket::Error::Malformed)),
+        }
+    }
+
+    /// The claims' `read` for this request. A product read names the port it resolved to, so
+    /// the ticket reads the port the plan was made for even if the default port changes.
+    fn to_claims(&self, reads: &[Resolved]) -> Read {
+        match self {
+            Self::Product(s) => Read::Product(ProductRead {
+                domain: s.domain.clone(),
+                product: s.product.clone(),
+                port: reads.first().map(|r| r.port.name.clone()).or_else(|| s.port.clone()).unwrap_or_default(),
+                columns: s.columns.clone(),
+                filter: s.filter.clone().unwrap_or_default(),
+                limit: s.limit,
+            }),
+            Self::Sql(q) => Read::Sql(SqlStatement { query: q.clone() }),
+        }
+    }
+}
+
+/// Which part of a read one endpoint serves: `index` of `count` (0-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This shard, 0-based.
+    pub index: u32,
+    /// How many shards the read is split into.
+    pub count: u32,
+}
+
+impl Shard {
+    /// The whole read.
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// Refuses a shard this gateway cannot honour: every read is served as one endpoint today,
+    /// so anything but the whole read would be served whole, i.e. more than once.
+    pub(crate) fn check(self) -> Result<()> {
+        if self == Self::WHOLE { Ok(()) } else { Err(Error::Shard { index: self.index, count: self.count }) }
+    }
+}
+
+/// A read decided and planned for one principal: the plan reads only governed tables.
+#[derive(Debug)]
+pub struct AuthorizedPlan {
+    pub(crate) request: ReadRequest,
+    pub(crate) principal: Principal,
+    pub(crate) df: DataFrame,
+    pub(crate) schema: SchemaRef,
+    pub(crate) reads: Vec<Resolved>,
+    pub(crate) generation: u64,
+}
+
+impl AuthorizedPlan {
+    /// What is announced and streamed.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// The request the plan answers.
+    pub fn request(&self) -> &ReadRequest {
+        &self.request
+    }
+
+    /// Every product port the plan reads.
+    pub fn reads(&self) -> &[Resolved] {
+        &self.reads
+    }
+
+    /// The generation of catalog and rules the plan was made with.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether any read is filtered or masked for this caller (then counts and sizes of the
+    /// whole port are information the rows would not give).
+    fn restricted(&self) -> bool {
+        self.reads.iter().any(|r| r.grant.as_ref().is_some_and(|g| !g.row_filters.is_empty() || !g.masks.is_empty()))
+    }
+
+    fn single(&self) -> Option<(&ReadSpec, &Resolved)> {
+        match (&self.request, self.reads.as_slice()) {
+            (ReadRequest::Product(s), [r]) => Some((s, r)),
+            _ => None,
+        }
+    }
+
+    /// Rows the read returns, -1 when not known without reading.
+    pub fn total_records(&self) -> i64 {
+        let Some((spec, r)) = self.single() else { return -1 };
+        let filtered = spec.filter.is_some()
+            || self.reads.iter().any(|r| r.grant.as_ref().is_some_and(|g| !g.row_filters.is_empty()));
+        match (filtered, spec.limit, r.port.total_records) {
+            (false, Some(n), total) if total >= 0 => total.min(i64::try_from(n).unwrap_or(i64::MAX)),
+            (false, None, total) => total,
+            _ => -1,
+        }
+    }
+
+    /// Bytes the read returns in Arrow, -1 when not known without reading.
+    pub fn total_bytes(&self) -> i64 {
+        match self.single() {
+            Some((spec, r))
+                if !self.restricted() && spec.filter.is_none() && spec.columns.is_empty() && spec.limit.is_none() =>
+            {
+                r.port.total_bytes
+            }
+            _ => -1,
+        }
+    }
+
+    /// What a client may want to know about the read besides its schema (product, owner,
+    /// contract), as JSON.
+    pub fn description(&self) -> Value {
+        let products = |r: &Resolved| {
+            json!({
+                "product": r.product.address(),
+                "id": r.product.id,
+                "title": r.product.title,
+                "status": r.product.status,
+                "owner": r.product.owner,
+                "tags": r.product.tags,
+                "description": r.product.description,
+                "port": r.port.name,
+                "port_version": r.port.version,
+                "contract_id": r.port.contract.id,
+                "contract_version": r.port.contract.version,
+            })
+        };
+        match self.single() {
+            Some((_, r)) => products(r),
+            None => json!({"products": self.reads.iter().map(products).collect::<Vec<_>>()}),
+        }
+    }
+
+    /// A label for messages: the product read, or the products a statement reads.
+    pub(crate) fn label(&self) -> String {
+        match self.reads.as_slice() {
+            [] => "the statement".into(),
+            reads => reads.iter().map(|r| r.product.address()).collect::<Vec<_>>().join(", "),
+        }
+    }
+
+    /// The claims of a ticket for `shard` of this plan (signed by the core).
+    pub(crate) fn claims(&self, shard: Shard) -> TicketClaims {
+        TicketClaims {
+            read: Some(self.request.to_claims(&self.reads)),
+            resources: self.resource_reads(),
+            generation: self.generation,
+            shard_index: shard.index,
+            shard_count: shard.count,
+            subject: self.principal.subject.clone(),
+            issuer: self.principal.issuer.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn resource_reads(&self) -> Vec<ResourceRead> {
+        self.reads
+            .iter()
+            .map(|r| ResourceRead {
+                domain: r.product.domain.clone(),
+                product: r.product.name.clone(),
+                port: r.port.name.clone(),
+                contract_version: r.port.contract.version.clone(),
+            })
+            .collect()
+    }
+
+    /// Refuses the plan when a contract it reads changed since `ticket` was issued.
+    pub(crate) fn check_fresh(&self, ticket: &[ResourceRead]) -> Result<()> {
+        for now in &self.reads {
+            let then = ticket
+                .iter()
+                .find(|t| t.domain == now.product.domain && t.product == now.product.name && t.port == now.port.name);
+            let issued = then.map(|t| t.contract_version.as_str()).unwrap_or("(none)");
+            if issued != now.port.contract.version {
+                return Err(Error::StaleTicket {
+                    product: now.product.address(),
+                    ticket: issued.to_string(),
+                    current: now.port.contract.version.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// What the audit record says is read, one entry per port.
+    pub(crate) fn audit_resources(&self) -> Vec<audit::Resource> {
+        let columns: Vec<String> = self.schema.fields().iter().map(|f| f.name().clone()).collect();
+        self.reads
+            .iter()
+            .map(|r| audit::Resource {
+                domain: r.product.domain.clone(),
+                product: r.product.name.clone(),
+                port: r.port.name.clone(),
+                contract_id: r.port.contract.id.clone(),
+                contract_version: r.port.contract.version.clone(),
+                columns: columns.clone(),
+            })
+            .collect()
+    }
+
+    /// The decision the audit record holds: every policy, mask and row filter applied.
+    pub(crate) fn audit_decision(&self) -> Option<audit::Decision> {
+        let grants: Vec<_> = self.reads.iter().filter_map(|r| r.grant.as_ref()).collect();
+        if grants.is_empty() {
+            return None;
+        }
+        let mut d = audit::Decision { effect: "allow".into(), ..Default::default() };
+        for g in grants {
+            d.policy_ids.extend(g.verdict.policy_ids.iter().cloned());
+            d.masks.extend(
+                g.masks.iter().map(|(c, s)| {
+                    format!("{c}: {}", serde_json::to_value(s).unwrap_or_default().as_str().unwrap_or(""))
+                }),
+            );
+            d.row_filters.extend(g.row_filters.iter().cloned());
+        }
+        d.policy_ids.dedup();
+        Some(d)
+    }
+}
