@@ -385,6 +385,12 @@ impl AccessCore {
         }
     }
 
+    /// Plans again the read a signed ticket carries, for the caller it was issued to. A Flight
+    /// SQL prepared statement's handle is such a ticket: any replica can execute it.
+    pub async fn replan(self: &Arc<Self>, call: &Call, signed: &[u8]) -> Result<AuthorizedPlan> {
+        Ok(self.redeem(call, signed, None).await?.0)
+    }
+
     /// Executes `shard` of `plan` for the caller it was planned for.
     pub async fn execute(self: &Arc<Self>, call: &Call, plan: AuthorizedPlan, shard: Shard) -> Result<ReadStream> {
         let mut token = self.begin(call)?;

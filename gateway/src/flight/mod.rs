@@ -17,12 +17,14 @@
 //! - [`service`]: the `FlightService` implementation; each handler decodes, asks the access
 //!   core ([`crate::access`]) and encodes.
 //! - [`actions`]: `describe`, `health`, `reload`.
+//! - `sql`: Flight SQL commands and actions (statements, prepared statements).
 //! - [`wire`]: cutting batches into Flight messages by the bytes their rows occupy.
 //!
 //! Errors are the core's ([`crate::access::Error`]), mapped to gRPC codes by its table.
 
 pub mod actions;
 pub mod service;
+mod sql;
 pub mod wire;
 
 pub use service::MeshFlightService;

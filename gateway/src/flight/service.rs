@@ -22,8 +22,8 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::actions;
 use super::wire::{self, WireOptions};
+use super::{actions, sql};
 use crate::access::{AccessCore, AuthorizedPlan, Call, Client, Error, ReadRequest, Result, Shard};
 use crate::auth::{self, Authenticator, Principal};
 
@@ -92,8 +92,18 @@ impl MeshFlightService {
             .with_app_metadata(serde_json::to_vec(&plan.description()).unwrap_or_default()))
     }
 
+    /// Plans what a descriptor asks for: a Flight SQL command, or a meshgate PATH / JSON read.
+    async fn plan_for(&self, call: &Call, descriptor: &FlightDescriptor) -> Result<AuthorizedPlan> {
+        if descriptor.r#type == DescriptorType::Cmd as i32
+            && let Some(command) = sql::command(descriptor)
+        {
+            return sql::plan(&self.core, call, command?).await;
+        }
+        self.core.authorize(call, request_of(descriptor)?).await
+    }
+
     async fn get_flight_info_for(&self, call: &Call, descriptor: FlightDescriptor) -> Result<FlightInfo> {
-        let plan = self.core.authorize(call, request_of(&descriptor)?).await?;
+        let plan = self.plan_for(call, &descriptor).await?;
         self.flight_info(&plan, descriptor)
     }
 }
@@ -229,7 +239,7 @@ impl FlightService for MeshFlightService {
 
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
         let call = call("GetSchema", &request)?;
-        let plan = self.core.authorize(&call, request_of(&request.into_inner())?).await?;
+        let plan = self.plan_for(&call, request.get_ref()).await?;
         let result = SchemaResult::try_from(SchemaAsIpc::new(plan.schema(), &IpcWriteOptions::default()))
             .map_err(|e| Error::Internal(format!("encoding a schema failed: {e}")))?;
         Ok(Response::new(result))
@@ -259,13 +269,19 @@ impl FlightService for MeshFlightService {
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
         let action = request.get_ref();
         let call = call(&format!("DoAction/{}", crate::text::clip(&action.r#type)), &request)?;
-        let body = self.core.recorded(&call, actions::run(&self.core, &call.principal, action)).await?;
+        let body = if sql::is_action(&action.r#type) {
+            self.core.recorded(&call, sql::action(&self.core, &call, &action.r#type, &action.body)).await?
+        } else {
+            self.core.recorded(&call, actions::run(&self.core, &call.principal, action)).await?
+        };
         let result = arrow_flight::Result { body: body.into() };
         Ok(Response::new(futures::stream::once(async { Ok(result) }).boxed()))
     }
 
     async fn list_actions(&self, request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
         principal(&request)?;
+        // Flight SQL's own actions belong to that protocol, which clients know; the list is
+        // meshgate's.
         let types = actions::ACTIONS
             .iter()
             .map(|(name, description)| Ok(ActionType { r#type: (*name).into(), description: (*description).into() }));
