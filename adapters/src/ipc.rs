@@ -496,14 +496,18 @@ mod tests {
         (ctx, Arc::new(ListingTable::try_new(config).unwrap()))
     }
 
+    /// Writes `batches` as an Arrow IPC file at `path`.
+    fn write_file(path: &std::path::Path, batches: &[RecordBatch]) {
+        let mut w = FileWriter::try_new(std::fs::File::create(path).unwrap(), &batches[0].schema()).unwrap();
+        batches.iter().for_each(|b| w.write(b).unwrap());
+        w.finish().unwrap();
+    }
+
     #[tokio::test]
     async fn reads_every_block_of_split_files_into_declared_types() {
         let dir = tempfile::tempdir().unwrap();
         let data = batches(40);
-        let mut w =
-            FileWriter::try_new(std::fs::File::create(dir.path().join("a.arrow")).unwrap(), &data[0].schema()).unwrap();
-        data.iter().for_each(|b| w.write(b).unwrap());
-        w.finish().unwrap();
+        write_file(&dir.path().join("a.arrow"), &data);
         let mut w =
             StreamWriter::try_new(std::fs::File::create(dir.path().join("b.arrow")).unwrap(), &data[0].schema())
                 .unwrap();
@@ -531,10 +535,7 @@ mod tests {
     async fn a_file_without_a_declared_column_is_named_in_the_error() {
         let dir = tempfile::tempdir().unwrap();
         let data = batches(1);
-        let mut w =
-            FileWriter::try_new(std::fs::File::create(dir.path().join("a.arrow")).unwrap(), &data[0].schema()).unwrap();
-        w.write(&data[0]).unwrap();
-        w.finish().unwrap();
+        write_file(&dir.path().join("a.arrow"), &data);
         let declared = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, false),
             Field::new("x", DataType::Utf8, true),
@@ -551,9 +552,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = batches(2);
         let path = dir.path().join("a.arrow");
-        let mut w = FileWriter::try_new(std::fs::File::create(&path).unwrap(), &data[0].schema()).unwrap();
-        data.iter().for_each(|b| w.write(b).unwrap());
-        w.finish().unwrap();
+        write_file(&path, &data);
         let (ctx, t) = table(dir.path(), None).await;
         ctx.register_table("t", t).unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
@@ -580,9 +579,7 @@ mod tests {
             for declared in [crate::StringTypes::Classic.apply(&schema), None] {
                 let dir = tempfile::tempdir().unwrap();
                 let path = dir.path().join("a.arrow");
-                let mut w = FileWriter::try_new(std::fs::File::create(&path).unwrap(), &schema).unwrap();
-                w.write(&batch).unwrap();
-                w.finish().unwrap();
+                write_file(&path, std::slice::from_ref(&batch));
                 let mut bytes = std::fs::read(&path).unwrap();
                 let find = |bytes: &[u8], what: &[u8]| bytes.windows(what.len()).position(|w| w == what).unwrap();
                 match tamper {

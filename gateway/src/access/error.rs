@@ -45,8 +45,9 @@ pub enum Error {
     /// An action's name or body is invalid.
     #[error("{0}")]
     BadAction(String),
-    /// The call is not part of what a read-only output port offers.
-    #[error("{0} is not supported: meshgate serves read-only output ports")]
+    /// The call is not something the gateway offers; the text says what is not supported and
+    /// why (or what to use instead).
+    #[error("{0}")]
     Unsupported(&'static str),
     /// Running a plan failed; classified by its root cause.
     #[error("reading `{product}` failed: {source}")]
@@ -287,7 +288,7 @@ mod tests {
             Code::FailedPrecondition
         );
         assert_eq!(code(Error::BadDescriptor("x".into())), Code::InvalidArgument);
-        assert_eq!(code(Error::Unsupported("DoPut")), Code::Unimplemented);
+        assert_eq!(code(Error::Unsupported("DoPut is not supported")), Code::Unimplemented);
         assert_eq!(code(Error::Internal("x".into())), Code::Internal);
         assert_eq!(code(Error::Auth(auth::Error::Expired)), Code::Unauthenticated);
         assert_eq!(code(Error::Denied { product: "a/b".into(), policy_ids: vec![] }), Code::PermissionDenied);

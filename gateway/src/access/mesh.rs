@@ -167,9 +167,8 @@ impl CatalogProvider for MeshCatalog {
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
         self.0
-            .domains()
-            .iter()
-            .any(|d| d == name)
+            .visible_products()
+            .any(|p| p.domain == name)
             .then(|| Arc::new(DomainSchema { view: Arc::clone(&self.0), domain: name.to_string() }) as _)
     }
 }

@@ -102,25 +102,21 @@ impl AuthorizedPlan {
         &self.schema
     }
 
-    /// The request the plan answers.
-    pub fn request(&self) -> &ReadRequest {
-        &self.request
-    }
-
     /// Every product port the plan reads.
     pub fn reads(&self) -> &[Resolved] {
         &self.reads
     }
 
-    /// The generation of catalog and rules the plan was made with.
-    pub fn generation(&self) -> u64 {
-        self.generation
+    /// Whether a row filter applies to any read (then counts of the whole port are information
+    /// the rows would not give).
+    fn row_filtered(&self) -> bool {
+        self.reads.iter().any(|r| r.grant.as_ref().is_some_and(|g| !g.row_filters.is_empty()))
     }
 
-    /// Whether any read is filtered or masked for this caller (then counts and sizes of the
-    /// whole port are information the rows would not give).
+    /// Whether any read is filtered or masked for this caller (then sizes of the whole port are
+    /// information the rows would not give).
     fn restricted(&self) -> bool {
-        self.reads.iter().any(|r| r.grant.as_ref().is_some_and(|g| !g.row_filters.is_empty() || !g.masks.is_empty()))
+        self.row_filtered() || self.reads.iter().any(|r| r.grant.as_ref().is_some_and(|g| !g.masks.is_empty()))
     }
 
     fn single(&self) -> Option<(&ReadSpec, &Resolved)> {
@@ -133,9 +129,7 @@ impl AuthorizedPlan {
     /// Rows the read returns, -1 when not known without reading.
     pub fn total_records(&self) -> i64 {
         let Some((spec, r)) = self.single() else { return -1 };
-        let filtered = spec.filter.is_some()
-            || self.reads.iter().any(|r| r.grant.as_ref().is_some_and(|g| !g.row_filters.is_empty()));
-        match (filtered, spec.limit, r.port.total_records) {
+        match (spec.filter.is_some() || self.row_filtered(), spec.limit, r.port.total_records) {
             (false, Some(n), total) if total >= 0 => total.min(i64::try_from(n).unwrap_or(i64::MAX)),
             (false, None, total) => total,
             _ => -1,

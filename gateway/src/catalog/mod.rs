@@ -145,6 +145,31 @@ impl Catalog {
     }
 }
 
+/// `(domain, product) -> folder` for every folder holding a product manifest. Folders starting
+/// with `.` or `_` are reserved (governance, hidden) and skipped.
+fn product_folders(mesh: &Path) -> Result<BTreeMap<ProductKey, PathBuf>> {
+    let unreadable = |e: std::io::Error| Error::MeshUnreadable(e.kind().to_string());
+    let mut out = BTreeMap::new();
+    for d in std::fs::read_dir(mesh).map_err(unreadable)? {
+        let d = d.map_err(unreadable)?;
+        let domain = d.file_name().to_string_lossy().into_owned();
+        if domain.starts_with(['.', '_']) || !d.path().is_dir() {
+            continue;
+        }
+        for p in std::fs::read_dir(d.path()).map_err(unreadable)? {
+            let p = p.map_err(unreadable)?;
+            let name = p.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(['.', '_']) && p.path().join(PRODUCT_FILE).is_file() {
+                out.insert((domain.clone(), name), p.path());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Decides which products a caller may learn of: `(domain, product, loaded product if any)`.
+pub type Visibility<'a> = &'a (dyn Fn(&str, &str, Option<&Product>) -> bool + Sync);
+
 impl CatalogState {
     /// The state after `loaded`: each refused product keeps the version `old` served (its
     /// last good one), with the new problems beside it; `builtins` are served as they are.
@@ -178,42 +203,10 @@ impl CatalogState {
             .map(|((d, p), e)| (format!("{d}/{p}"), e.problems.clone()))
             .collect()
     }
-}
 
-/// `(domain, product) -> folder` for every folder holding a product manifest. Folders starting
-/// with `.` or `_` are reserved (governance, hidden) and skipped.
-fn product_folders(mesh: &Path) -> Result<BTreeMap<ProductKey, PathBuf>> {
-    let unreadable = |e: std::io::Error| Error::MeshUnreadable(e.kind().to_string());
-    let mut out = BTreeMap::new();
-    for d in std::fs::read_dir(mesh).map_err(unreadable)? {
-        let d = d.map_err(unreadable)?;
-        let domain = d.file_name().to_string_lossy().into_owned();
-        if domain.starts_with(['.', '_']) || !d.path().is_dir() {
-            continue;
-        }
-        for p in std::fs::read_dir(d.path()).map_err(unreadable)? {
-            let p = p.map_err(unreadable)?;
-            let name = p.file_name().to_string_lossy().into_owned();
-            if !name.starts_with(['.', '_']) && p.path().join(PRODUCT_FILE).is_file() {
-                out.insert((domain.clone(), name), p.path());
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Decides which products a caller may learn of: `(domain, product, loaded product if any)`.
-pub type Visibility<'a> = &'a (dyn Fn(&str, &str, Option<&Product>) -> bool + Sync);
-
-impl CatalogState {
-    /// Resolves a product address: domain, product and optionally a port name or version.
-    pub fn resolve(&self, domain: &str, product: &str, port: Option<&str>) -> Result<(Arc<Product>, Arc<Port>)> {
-        self.resolve_visible(domain, product, port, &|_, _, _| true)
-    }
-
-    /// Like [`CatalogState::resolve`], for a caller who sees only the products `visible` allows:
-    /// an invisible product is reported exactly like a missing one, and lists of what exists
-    /// name only visible products.
+    /// Resolves a product address (domain, product and optionally a port name or version) for a
+    /// caller who sees only the products `visible` allows: an invisible product is reported
+    /// exactly like a missing one, and lists of what exists name only visible products.
     pub fn resolve_visible(
         &self,
         domain: &str,

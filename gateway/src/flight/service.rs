@@ -256,14 +256,14 @@ impl FlightService for MeshFlightService {
     }
 
     async fn do_put(&self, _request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
-        Err(Error::Unsupported("DoPut").into())
+        Err(Error::Unsupported("DoPut is not supported: meshgate serves read-only output ports").into())
     }
 
     async fn do_exchange(
         &self,
         _request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        Err(Error::Unsupported("DoExchange").into())
+        Err(Error::Unsupported("DoExchange is not supported: meshgate serves read-only output ports").into())
     }
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {

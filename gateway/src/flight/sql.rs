@@ -82,13 +82,16 @@ fn unpack<M: ProstMessageExt>(body: &[u8]) -> Result<M> {
     any.unpack::<M>().map_err(|e| bad(e.to_string()))?.ok_or_else(|| bad(format!("it holds {}", any.type_url)))
 }
 
-/// The name of a Flight SQL command this front does not answer, for the error.
+/// Why a Flight SQL command is not answered, for the error.
 fn unsupported(type_url: &str) -> &'static str {
     match type_url.strip_prefix(TYPE_URL_PREFIX) {
-        Some("CommandStatementSubstraitPlan") => "Flight SQL Substrait plans",
+        Some("CommandStatementSubstraitPlan") => "Flight SQL Substrait plans are not supported; send SQL text",
         Some("CommandStatementUpdate") | Some("CommandPreparedStatementUpdate") | Some("CommandStatementIngest") => {
-            "Flight SQL updates and ingest"
+            "Flight SQL updates and ingest are not supported: meshgate serves read-only output ports"
         }
-        _ => "this Flight SQL command",
+        _ => {
+            "this Flight SQL command is not answered yet: statements and prepared statements are; \
+             catalog metadata (GetTables, GetSqlInfo, ...) is being added"
+        }
     }
 }
