@@ -63,3 +63,71 @@ def test_without_a_token_nothing_is_planned(secure):
     with flight_sql.connect(f"grpc://{secure.addr}") as anonymous:
         with pytest.raises(Exception, match="(?i)unauthenticated|credentials|token"):
             query(anonymous, "SELECT 1")
+
+
+def names(objects, depth):
+    """Flattens `adbc_get_objects` output to the names at `depth` (schemas, tables, columns)."""
+    out = []
+    for catalog in objects:
+        for schema in catalog["catalog_db_schemas"] or []:
+            if depth == "schemas":
+                out.append(schema["db_schema_name"])
+                continue
+            for table in schema["db_schema_tables"] or []:
+                if depth == "tables":
+                    out.append(f'{schema["db_schema_name"]}.{table["table_name"]}')
+                    continue
+                for column in table["table_columns"] or []:
+                    out.append(f'{schema["db_schema_name"]}.{table["table_name"]}.{column["column_name"]}')
+    return out
+
+
+def test_the_catalog_as_bi_tools_browse_it(secure):
+    with connect(secure, "alice") as alice:
+        info = alice.adbc_get_info()
+        assert info["vendor_name"] == "meshgate"
+        assert info["vendor_version"]
+        assert info["vendor_arrow_version"]
+
+        catalogs = alice.adbc_get_objects(depth="catalogs").read_all().to_pylist()
+        assert [c["catalog_name"] for c in catalogs] == ["mesh"]
+        assert all(not c["catalog_db_schemas"] for c in catalogs), "depth=catalogs stops at catalogs"
+
+        schemas = names(alice.adbc_get_objects(depth="db_schemas").read_all().to_pylist(), "schemas")
+        assert {"sales", "customers", "logistics", "_mesh"} <= set(schemas)
+
+        tables = names(alice.adbc_get_objects(depth="tables").read_all().to_pylist(), "tables")
+        assert "sales.orders" in tables and "_mesh.products" in tables
+        assert "sales.daily_revenue" not in tables, "an undiscoverable product is not listed"
+
+        columns = alice.adbc_get_objects(depth="all", db_schema_filter="sales", table_name_filter="orders")
+        columns = names(columns.read_all().to_pylist(), "columns")
+        assert "sales.orders.order_id" in columns and "sales.orders.region" in columns
+
+        filtered = alice.adbc_get_objects(depth="tables", table_name_filter="ord%").read_all().to_pylist()
+        assert names(filtered, "tables") == ["sales.orders", "sales.orders__v1"], "default port, then each port"
+
+        schema = alice.adbc_get_table_schema("orders", db_schema_filter="sales")
+        streamed = query(alice, "SELECT * FROM sales.orders LIMIT 1").schema
+        assert schema.names == streamed.names
+        assert [f.type for f in schema] == [f.type for f in streamed]
+
+        assert set(alice.adbc_get_table_types()) == {"TABLE", "SYSTEM TABLE"}
+
+        with alice.cursor() as cur:
+            announced = cur.adbc_execute_schema("SELECT order_id, region FROM sales.orders")
+            assert announced.names == ["order_id", "region"]
+
+        with pytest.raises(Exception, match="(?i)not.found"):
+            alice.adbc_get_table_schema("daily_revenue", db_schema_filter="sales")
+    with connect(secure, "carol") as carol:
+        tables = names(carol.adbc_get_objects(depth="tables").read_all().to_pylist(), "tables")
+        assert "sales.daily_revenue" in tables
+
+
+def test_system_tables_describe_the_mesh(secure):
+    with connect(secure, "alice") as alice:
+        products = query(alice, "SELECT domain, product, owner FROM _mesh.products ORDER BY domain, product")
+        pairs = list(zip(products.column("domain").to_pylist(), products.column("product").to_pylist()))
+        assert ("sales", "orders") in pairs and ("sales", "daily_revenue") not in pairs
+        assert all(products.column("owner").to_pylist())

@@ -10,7 +10,8 @@
 //! [`Error::Denied`], and every other name resolves to the principal's governed table (masks
 //! and row filters below anything the caller writes). Every resolved port is recorded, so the
 //! plan knows what it reads (for audit and tickets). PATH/JSON reads and SQL statements both
-//! resolve through [`PrincipalView::resolve`].
+//! resolve through [`PrincipalView::resolve`]. The schema `_mesh` holds the system tables
+//! (see `listing`).
 
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +21,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::session_state::SessionState;
 
 use super::error::{Error, Result};
+use super::listing::{SYSTEM_SCHEMA, SystemSchema};
 use super::snapshot::MeshSnapshot;
 use crate::auth::Principal;
 use crate::catalog::{Port, Product};
@@ -136,13 +138,30 @@ impl PrincipalView {
         out
     }
 
-    fn domains(&self) -> Vec<String> {
+    /// The snapshot the view is of.
+    pub(crate) fn snapshot(&self) -> &Arc<MeshSnapshot> {
+        &self.snapshot
+    }
+
+    /// Whose view it is.
+    pub(crate) fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// The decisions cache the view reads grants from.
+    pub(crate) fn decisions(&self) -> &Decisions {
+        &self.decisions
+    }
+
+    /// The domains with a product the principal may discover, in order.
+    pub(crate) fn domains(&self) -> Vec<String> {
         let mut out: Vec<String> = self.visible_products().map(|p| p.domain.clone()).collect();
         out.dedup();
         out
     }
 
-    fn visible_products(&self) -> impl Iterator<Item = &Arc<Product>> {
+    /// The products the principal may discover, in (domain, product) order.
+    pub(crate) fn visible_products(&self) -> impl Iterator<Item = &Arc<Product>> {
         self.snapshot.catalog.products().filter(|p| self.snapshot.visible(&self.principal, Some(p.as_ref())))
     }
 
@@ -162,10 +181,15 @@ pub(crate) struct MeshCatalog(pub(crate) Arc<PrincipalView>);
 
 impl CatalogProvider for MeshCatalog {
     fn schema_names(&self) -> Vec<String> {
-        self.0.domains()
+        let mut out = self.0.domains();
+        out.push(SYSTEM_SCHEMA.into());
+        out
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == SYSTEM_SCHEMA {
+            return Some(Arc::new(SystemSchema(Arc::clone(&self.0))));
+        }
         self.0
             .visible_products()
             .any(|p| p.domain == name)

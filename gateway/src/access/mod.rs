@@ -17,6 +17,7 @@
 //! - [`snapshot`]: the snapshot in force and how a reload builds the next one.
 //! - [`mesh`]: the catalog `mesh` as one principal sees it (naming: `mesh.<domain>.<product>`,
 //!   `mesh.<domain>.<product>__<port>`).
+//! - [`listing`]: the tables a principal can name, with keys, and the `_mesh` system tables.
 //! - [`plan`]: read requests, shards and the authorized plan.
 //! - `exec`: the execution runtime and the audited stream.
 //! - `describe`: `describe` and `health` documents.
@@ -47,12 +48,14 @@ use tokio::sync::Semaphore;
 mod describe;
 pub mod error;
 mod exec;
+pub mod listing;
 pub mod mesh;
 pub mod plan;
 pub mod snapshot;
 
 pub use crate::audit::Client;
 pub use error::{Error, Result};
+pub use listing::{ForeignKey, SYSTEM_SCHEMA, TableEntry, TableKind};
 pub use mesh::{CATALOG, PORT_SEPARATOR, Resolved};
 pub use plan::{AuthorizedPlan, ReadRequest, Shard};
 pub use snapshot::{MeshSnapshot, ReloadReport};
@@ -348,6 +351,35 @@ impl AccessCore {
         let snapshot = self.snapshot();
         let visible = |_: &str, _: &str, prod: Option<&Product>| snapshot.visible(p, prod);
         describe::health(&self.catalog, &snapshot, &visible).await
+    }
+
+    /// Every table of the catalog `mesh` that `p` can name (see [`TableEntry`]).
+    pub fn tables(&self, p: &Principal) -> Vec<TableEntry> {
+        PrincipalView::new(self.snapshot(), p.clone(), Arc::clone(&self.decisions)).tables()
+    }
+
+    /// The schemas of the catalog `mesh` that `p` sees: its domains, then `_mesh`.
+    pub fn schemas(&self, p: &Principal) -> Vec<String> {
+        let mut out = PrincipalView::new(self.snapshot(), p.clone(), Arc::clone(&self.decisions)).domains();
+        out.push(SYSTEM_SCHEMA.into());
+        out
+    }
+
+    /// Every scalar SQL function statements may call, sorted, each with the section of the
+    /// function reference it belongs to (`Math Functions`, `String Functions`, ...).
+    pub fn sql_functions(&self) -> Vec<(String, String)> {
+        let state = self.ctx.state();
+        let mut out: Vec<(String, String)> = state
+            .scalar_functions()
+            .values()
+            .map(|f| {
+                let section = f.documentation().map(|d| d.doc_section.label).unwrap_or("Other Functions");
+                (f.name().to_string(), section.to_string())
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Decides and plans `request` for the caller. A product the caller may not discover is

@@ -297,6 +297,7 @@ pub fn product(dir: &Path) -> Product {
             primary_key: f.name() == "seq",
             classification: Some("restricted".into()),
             description: None,
+            relationships: vec![],
         })
         .collect();
     let md = |k: &str, v: &str| (k.to_string(), v.to_string());

@@ -17,6 +17,7 @@ use super::manifest::{
     description_text, team_name,
 };
 use super::model::{Contract, Port, Problem, Product};
+use super::sqltype;
 
 /// File name of a product's ODPS manifest.
 pub const PRODUCT_FILE: &str = "product.odps.yaml";
@@ -232,6 +233,19 @@ impl Loader {
             if !seen.insert(prop.name.as_str()) {
                 p.add(format!("schema[0].properties[{j}].name"), format!("column `{}` is declared twice", prop.name));
             }
+            for (k, r) in prop.relationships.iter().enumerate() {
+                if r.kind != "foreignKey" {
+                    p.add(
+                        format!("schema[0].properties[{j}].relationships[{k}].type"),
+                        format!("is `{}`; meshgate reads `foreignKey` relationships", r.kind),
+                    );
+                } else if r.target().is_none() {
+                    p.add(
+                        format!("schema[0].properties[{j}].relationships[{k}].to"),
+                        format!("is `{}`; name the referenced column as `<domain>.<product>.<column>`", r.to),
+                    );
+                }
+            }
         }
         let binding = match custom_value(&c.custom_properties, "meshgate.binding") {
             None => {
@@ -400,6 +414,7 @@ fn served_schema(
             put("description", prop.description.as_deref());
             put("primary_key", prop.primary_key.then_some("true"));
             put("required", prop.required.then_some("true"));
+            md.extend(sqltype::column_metadata(f.data_type(), prop.description.as_deref()));
             Field::new(prop.name.clone(), f.data_type().clone(), f.is_nullable()).with_metadata(md)
         })
         .collect();

@@ -140,6 +140,35 @@ pub struct Property {
     /// Text.
     #[serde(default)]
     pub description: Option<String>,
+    /// Keys of other products this column refers to.
+    #[serde(default)]
+    pub relationships: Vec<Relationship>,
+}
+
+/// An ODCS property relationship: this column refers to a column of another product.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Relationship {
+    /// Kind of relationship; meshgate reads `foreignKey` (the default).
+    #[serde(default = "foreign_key", rename = "type")]
+    pub kind: String,
+    /// The referenced column as `<domain>.<product>.<column>` (the product's default port).
+    pub to: String,
+}
+
+fn foreign_key() -> String {
+    "foreignKey".into()
+}
+
+impl Relationship {
+    /// The referenced `(domain, product, column)`, when `to` has that form.
+    pub fn target(&self) -> Option<(&str, &str, &str)> {
+        let mut parts = self.to.split('.');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(d), Some(p), Some(c), None) if !d.is_empty() && !p.is_empty() && !c.is_empty() => Some((d, p, c)),
+            _ => None,
+        }
+    }
 }
 
 /// Renders an ODPS/ODCS description (text or `{purpose, usage, limitations}`) as one text.

@@ -2,6 +2,7 @@
 //!
 //! - [`manifest`]: the ODPS / ODCS files as written by domain teams.
 //! - [`model`]: what a loaded product looks like ([`Product`], [`Port`], [`Entry`]).
+//! - [`sqltype`]: how served columns are described to SQL clients.
 //! - `load`: validation and opening, one product at a time.
 //! - `watch`: reloads when files under the mesh folder change.
 //!
@@ -22,6 +23,7 @@ use meshgate_adapters::AdapterRegistry;
 mod load;
 pub mod manifest;
 pub mod model;
+pub mod sqltype;
 mod watch;
 
 pub use load::{PRODUCT_FILE, is_valid_name};

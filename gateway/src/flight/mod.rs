@@ -18,6 +18,7 @@
 //!   core ([`crate::access`]) and encodes.
 //! - [`actions`]: `describe`, `health`, `reload`.
 //! - `sql`: Flight SQL commands and actions (statements, prepared statements).
+//! - `sql_meta`: Flight SQL metadata commands (server info, catalogs, tables, types, keys).
 //! - [`wire`]: cutting batches into Flight messages by the bytes their rows occupy.
 //!
 //! Errors are the core's ([`crate::access::Error`]), mapped to gRPC codes by its table.
@@ -25,6 +26,7 @@
 pub mod actions;
 pub mod service;
 mod sql;
+mod sql_meta;
 pub mod wire;
 
 pub use service::MeshFlightService;

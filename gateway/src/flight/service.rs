@@ -103,6 +103,11 @@ impl MeshFlightService {
     }
 
     async fn get_flight_info_for(&self, call: &Call, descriptor: FlightDescriptor) -> Result<FlightInfo> {
+        if let Some(Ok(command)) = sql::command(&descriptor)
+            && let Some(info) = sql::metadata_info(&command, descriptor.clone())
+        {
+            return info;
+        }
         let plan = self.plan_for(call, &descriptor).await?;
         self.flight_info(&plan, descriptor)
     }
@@ -239,15 +244,26 @@ impl FlightService for MeshFlightService {
 
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
         let call = call("GetSchema", &request)?;
-        let plan = self.plan_for(&call, request.get_ref()).await?;
-        let result = SchemaResult::try_from(SchemaAsIpc::new(plan.schema(), &IpcWriteOptions::default()))
+        let schema = match sql::command(request.get_ref()) {
+            Some(Ok(command)) if sql::metadata_schema(&command).is_some() => sql::metadata_schema(&command),
+            _ => None,
+        };
+        let schema = match schema {
+            Some(s) => s,
+            None => Arc::clone(self.plan_for(&call, request.get_ref()).await?.schema()),
+        };
+        let result = SchemaResult::try_from(SchemaAsIpc::new(&schema, &IpcWriteOptions::default()))
             .map_err(|e| Error::Internal(format!("encoding a schema failed: {e}")))?;
         Ok(Response::new(result))
     }
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let call = call("DoGet", &request)?;
-        let read = self.core.read_ticket(&call, &request.into_inner().ticket).await?;
+        let ticket = request.into_inner().ticket;
+        let read = match sql::metadata_read(&self.core, &call, &ticket).await {
+            Some(read) => read?,
+            None => self.core.read_ticket(&call, &ticket).await?,
+        };
         let label = read.label;
         let batches = read.batches.map_err(|e| FlightError::ExternalError(Box::new(e)));
         let flight =
