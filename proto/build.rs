@@ -1,8 +1,8 @@
-//! Compiles `meshgate/v1/*.proto` with protox, a protobuf compiler written in Rust, so a fresh
+//! Compiles `meshgate/v1/*.proto` and the Flight session messages with protox, a protobuf compiler written in Rust, so a fresh
 //! machine needs no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["meshgate/v1/ticket.proto"];
+    let protos = ["meshgate/v1/ticket.proto", "arrow/flight/protocol/session.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -113,6 +113,21 @@ pub struct GatewayConfig {
     #[arg(long, env = "MESHGATE_MEMORY_LIMIT_MB", default_value_t = 4096)]
     pub memory_limit_mb: usize,
 
+    /// Memory one SQL statement's operators (sorts, joins, aggregations) may hold, in MiB, within
+    /// `--memory-limit-mb`; past it the statement fails with `RESOURCE_EXHAUSTED`.
+    #[arg(long, env = "MESHGATE_STATEMENT_MEMORY_MB", default_value_t = 1024)]
+    pub statement_memory_mb: usize,
+
+    /// How long one SQL statement may run, from the start of its execution to its last batch
+    /// (e.g. `300s`, `10m`; `0s`: no limit); past it the statement fails with `DEADLINE_EXCEEDED`.
+    #[arg(long, env = "MESHGATE_STATEMENT_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    pub statement_timeout: Duration,
+
+    /// Rows one SQL statement may return (0: no limit); past it the statement fails with
+    /// `RESOURCE_EXHAUSTED`. Product reads over plain Flight are not limited.
+    #[arg(long, env = "MESHGATE_STATEMENT_MAX_ROWS", default_value_t = 0)]
+    pub statement_max_rows: u64,
+
     /// Reads (DoGet streams) that may run at once; one more is refused with
     /// `RESOURCE_EXHAUSTED` until one ends.
     #[arg(long, env = "MESHGATE_MAX_CONCURRENT_READS", default_value_t = crate::access::DEFAULT_MAX_READS)]
@@ -150,6 +165,9 @@ impl GatewayConfig {
             max_message_size: crate::flight::wire::DEFAULT_MAX_MESSAGE_BYTES,
             view_types: false,
             memory_limit_mb: 4096,
+            statement_memory_mb: 1024,
+            statement_timeout: Duration::from_secs(300),
+            statement_max_rows: 0,
             max_concurrent_reads: crate::access::DEFAULT_MAX_READS,
             exec_threads: 0,
         }

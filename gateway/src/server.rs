@@ -181,6 +181,11 @@ impl Gateway {
                 governed: authenticator.is_some(),
                 exec_threads: config.exec_threads,
                 max_reads: config.max_concurrent_reads,
+                statements: crate::access::StatementLimits {
+                    memory_bytes: config.statement_memory_mb.saturating_mul(1 << 20),
+                    timeout: Some(config.statement_timeout).filter(|t| !t.is_zero()),
+                    max_rows: Some(config.statement_max_rows).filter(|n| *n > 0),
+                },
             })
             .with_stop(stopped);
         if let Some(log) = &audit {
@@ -214,7 +219,8 @@ impl Gateway {
             .local_addr()
             .map_err(|source| Error::Io { context: "reading the bound address".into(), source })?;
         let mut flight = MeshFlightService::new(Arc::clone(&core))
-            .with_wire(crate::flight::wire::WireOptions { max_message_bytes: config.max_message_size });
+            .with_wire(crate::flight::wire::WireOptions { max_message_bytes: config.max_message_size })
+            .with_view_types(config.view_types);
         let mode = match &authenticator {
             Some(a) => {
                 flight = flight.with_auth(Arc::clone(a));

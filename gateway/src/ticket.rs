@@ -10,7 +10,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
-use meshgate_proto::v1::{SignedTicket, TicketClaims};
+use meshgate_proto::v1::{SessionClaims, SignedTicket, TicketClaims};
 use prost::Message;
 use sha2::Sha256;
 
@@ -20,6 +20,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Claims format version this gateway writes and reads.
 pub const CLAIMS_VERSION: u32 = 2;
 const CONTEXT: &[u8] = b"meshgate.ticket.v1\0";
+/// Prefix of session cookies' MACs, so a ticket is never taken for a session or back.
+const SESSION_CONTEXT: &[u8] = b"meshgate.session.v1\0";
 /// Shortest accepted key.
 pub const MIN_KEY_LEN: usize = 32;
 
@@ -90,11 +92,36 @@ impl TicketSigner {
         self.ttl
     }
 
-    fn mac(&self, claims: &[u8]) -> Hmac<Sha256> {
+    fn mac(&self, context: &[u8], claims: &[u8]) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(CONTEXT);
+        mac.update(context);
         mac.update(claims);
         mac
+    }
+
+    fn seal(&self, context: &[u8], claims: Vec<u8>) -> Vec<u8> {
+        let signature = self.mac(context, &claims).finalize().into_bytes().to_vec();
+        SignedTicket { claims, signature }.encode_to_vec()
+    }
+
+    fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+        let signed = SignedTicket::decode(sealed).map_err(|_| Error::Malformed)?;
+        if signed.claims.is_empty() || signed.signature.len() != 32 {
+            return Err(Error::Malformed);
+        }
+        self.mac(context, &signed.claims).verify_slice(&signed.signature).map_err(|_| Error::BadSignature)?;
+        Ok(signed.claims)
+    }
+
+    /// Signs a session's claims (they do not expire: a session only holds preferences, and
+    /// every call still authenticates its caller).
+    pub fn sign_session(&self, claims: &SessionClaims) -> Vec<u8> {
+        self.seal(SESSION_CONTEXT, claims.encode_to_vec())
+    }
+
+    /// Checks a session's signature and returns its claims.
+    pub fn verify_session(&self, sealed: &[u8]) -> Result<SessionClaims> {
+        SessionClaims::decode(self.open(SESSION_CONTEXT, sealed)?.as_slice()).map_err(|_| Error::Malformed)
     }
 
     /// Fills in version, id and expiry (from `now`), then signs.
@@ -104,19 +131,13 @@ impl TicketSigner {
             claims.ticket_id = uuid::Uuid::new_v4().as_bytes().to_vec();
         }
         claims.expires_at_ms = millis(now + self.ttl);
-        let bytes = claims.encode_to_vec();
-        let signature = self.mac(&bytes).finalize().into_bytes().to_vec();
-        SignedTicket { claims: bytes, signature }.encode_to_vec()
+        self.seal(CONTEXT, claims.encode_to_vec())
     }
 
     /// Checks the signature, then the version and expiry (against `now`), and returns the claims.
     pub fn verify(&self, ticket: &[u8], now: SystemTime) -> Result<TicketClaims> {
-        let signed = SignedTicket::decode(ticket).map_err(|_| Error::Malformed)?;
-        if signed.claims.is_empty() || signed.signature.len() != 32 {
-            return Err(Error::Malformed);
-        }
-        self.mac(&signed.claims).verify_slice(&signed.signature).map_err(|_| Error::BadSignature)?;
-        let claims = TicketClaims::decode(signed.claims.as_slice()).map_err(|_| Error::Malformed)?;
+        let bytes = self.open(CONTEXT, ticket)?;
+        let claims = TicketClaims::decode(bytes.as_slice()).map_err(|_| Error::Malformed)?;
         if claims.version != CLAIMS_VERSION {
             return Err(Error::UnsupportedVersion(claims.version));
         }
@@ -171,9 +192,23 @@ mod tests {
         let now = SystemTime::now();
         let s = TicketSigner::try_new(vec![7; 32], Duration::from_secs(60)).unwrap();
         let old = TicketClaims { version: 1, expires_at_ms: millis(now) + 60_000, ..Default::default() };
-        let bytes = old.encode_to_vec();
-        let signed = SignedTicket { signature: s.mac(&bytes).finalize().into_bytes().to_vec(), claims: bytes };
-        assert_eq!(s.verify(&signed.encode_to_vec(), now), Err(Error::UnsupportedVersion(1)));
+        let signed = s.seal(CONTEXT, old.encode_to_vec());
+        assert_eq!(s.verify(&signed, now), Err(Error::UnsupportedVersion(1)));
+    }
+
+    /// A session cookie is not a ticket and a ticket is not a session, even with one key.
+    #[test]
+    fn sessions_and_tickets_do_not_mix() {
+        let now = SystemTime::now();
+        let s = TicketSigner::try_new(vec![7; 32], Duration::from_secs(60)).unwrap();
+        let session = SessionClaims { subject: "alice".into(), schema: "sales".into(), ..Default::default() };
+        let cookie = s.sign_session(&session);
+        assert_eq!(s.verify_session(&cookie).unwrap(), session);
+        assert_eq!(s.verify(&cookie, now), Err(Error::BadSignature));
+        assert_eq!(s.verify_session(&s.sign(claims(), now)), Err(Error::BadSignature));
+        let mut bad = cookie.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert_eq!(s.verify_session(&bad), Err(Error::BadSignature));
     }
 
     #[test]

@@ -204,3 +204,97 @@ async fn system_tables_describe_only_visible_products() {
     assert_eq!(texts(&sla, "table_name"), ["mesh.sales.\"orders__v1\""]);
     s.stop().await;
 }
+
+/// A request carrying `user`'s bearer token and, if given, a cookie.
+fn as_user<T>(message: T, token: &str, cookie: Option<&str>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    if let Some(c) = cookie {
+        r.metadata_mut().insert("cookie", c.parse().unwrap());
+    }
+    r
+}
+
+#[tokio::test]
+async fn prepared_statements_bind_rows_and_stay_with_their_caller() {
+    use arrow::array::StringArray;
+    use arrow_flight::sql::{CommandPreparedStatementQuery, ProstMessageExt};
+    use prost::Message;
+    use std::sync::Arc;
+
+    let s = Secure::start().await;
+    let mut carol = sql_client(&s, "carol").await;
+    let mut prepared =
+        carol.prepare("SELECT count(*) AS n FROM sales.orders WHERE region = ?".into(), None).await.unwrap();
+    let parameters = prepared.parameter_schema().unwrap();
+    assert_eq!(parameters.fields().len(), 1, "one parameter announced: {parameters:?}");
+    let regions = StringArray::from(vec!["EMEA", "AMER"]);
+    let batch = RecordBatch::try_from_iter([("region", Arc::new(regions) as _)]).unwrap();
+    prepared.set_parameters(batch).unwrap();
+    let info = prepared.execute().await.unwrap();
+    assert_eq!(info.endpoint.len(), 2, "one execution per parameter row");
+    let counts: Vec<i64> = fetch(&mut carol, info.clone())
+        .await
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<arrow::datatypes::Int64Type>().values().to_vec())
+        .collect();
+    assert_eq!(counts.len(), 2);
+    assert!(counts.iter().all(|n| *n > 0), "{counts:?}");
+
+    // Another caller can neither redeem its tickets nor execute the bound handle.
+    let bob = s.login("bob").await;
+    let mut raw = carol.inner().clone();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let stolen = raw.do_get(as_user(ticket, &bob, None)).await.unwrap_err();
+    assert_eq!(stolen.code(), tonic::Code::PermissionDenied, "{stolen}");
+    let bound = info.flight_descriptor.clone().unwrap();
+    let handle = arrow_flight::sql::Any::decode(bound.cmd.as_ref())
+        .unwrap()
+        .unpack::<CommandPreparedStatementQuery>()
+        .unwrap()
+        .unwrap();
+    let descriptor = arrow_flight::FlightDescriptor::new_cmd(handle.as_any().encode_to_vec());
+    let refused = raw.get_flight_info(as_user(descriptor, &bob, None)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_cookie_belongs_to_its_caller() {
+    use meshgate_proto::flight::session_option_value::OptionValue;
+    use meshgate_proto::flight::{SessionOptionValue, SetSessionOptionsRequest, SetSessionOptionsResult};
+    use prost::Message;
+
+    let s = Secure::start().await;
+    let alice = s.login("alice").await;
+    let mut raw = sql_client(&s, "alice").await.inner().clone();
+    let request = SetSessionOptionsRequest {
+        session_options: [
+            ("schema".to_string(), SessionOptionValue { option_value: Some(OptionValue::StringValue("sales".into())) }),
+            ("colour".to_string(), SessionOptionValue { option_value: Some(OptionValue::StringValue("red".into())) }),
+        ]
+        .into(),
+    };
+    let action = arrow_flight::Action::new("SetSessionOptions", request.encode_to_vec());
+    let response = raw.do_action(as_user(action, &alice, None)).await.unwrap();
+    let cookie =
+        response.metadata().get("set-cookie").unwrap().to_str().unwrap().split(';').next().unwrap().to_string();
+    let result = response.into_inner().message().await.unwrap().unwrap();
+    let errors = SetSessionOptionsResult::decode(result.body).unwrap().errors;
+    assert_eq!(errors.keys().collect::<Vec<_>>(), ["colour"], "unknown names are refused by name");
+
+    let statement = |sql: &str| {
+        let cmd = arrow_flight::sql::CommandStatementQuery { query: sql.into(), transaction_id: None };
+        arrow_flight::FlightDescriptor::new_cmd(arrow_flight::sql::ProstMessageExt::as_any(&cmd).encode_to_vec())
+    };
+    raw.get_flight_info(as_user(statement("SELECT * FROM orders"), &alice, Some(&cookie))).await.unwrap();
+    let bob = s.login("bob").await;
+    let replayed = raw.get_flight_info(as_user(statement("SELECT * FROM orders"), &bob, Some(&cookie))).await;
+    let e = replayed.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("meshgate_session"), "{e}");
+    let forged = format!("{}A", cookie);
+    let e = raw.get_flight_info(as_user(statement("SELECT 1"), &alice, Some(&forged))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    s.stop().await;
+}

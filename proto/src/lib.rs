@@ -4,14 +4,23 @@
 //!   the product ports and contract versions it was planned against, shard, subject, expiry,
 //!   generation).
 //! - [`v1::SignedTicket`]: the claims' bytes and their HMAC, as carried in a Flight `Ticket`.
+//! - [`v1::SessionClaims`]: a Flight SQL session's options, signed into the session cookie.
+//! - [`flight`]: Arrow Flight's session messages (`SetSessionOptions`, `GetSessionOptions`,
+//!   `CloseSession`), which arrow-flight does not generate.
 //!
-//! The `.proto` sources live in `proto/meshgate/v1/`; `build.rs` compiles them with `protox`
+//! The `.proto` sources live in `proto/meshgate/v1/` and `proto/arrow/flight/protocol/`; `build.rs` compiles them with `protox`
 //! (pure Rust), so building needs no `protoc`.
 
 /// Version 1 of the gateway's messages.
 #[allow(missing_docs, unreachable_pub)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/meshgate.v1.rs"));
+}
+
+/// Arrow Flight's session messages (package `arrow.flight.protocol`).
+#[allow(missing_docs, unreachable_pub)]
+pub mod flight {
+    include!(concat!(env!("OUT_DIR"), "/arrow.flight.protocol.rs"));
 }
 
 #[cfg(test)]
@@ -57,8 +66,10 @@ mod tests {
                 .replace(' ', "")
         );
         assert_eq!(TicketClaims::decode(bytes.as_slice()).unwrap(), claims);
-        let sql =
-            TicketClaims { read: Some(Read::Sql(SqlStatement { query: "SELECT 1".into() })), ..Default::default() };
+        let sql = TicketClaims {
+            read: Some(Read::Sql(SqlStatement { query: "SELECT 1".into(), ..Default::default() })),
+            ..Default::default()
+        };
         assert_eq!(hex(&sql.encode_to_vec()), "82010a0a0853454c4543542031");
         let signed = SignedTicket { claims: vec![9], signature: vec![8] };
         assert_eq!(hex(&signed.encode_to_vec()), "0a01091201 08".replace(' ', ""));

@@ -2,6 +2,7 @@
 query) against the sample mesh served with authentication, governance and audit on."""
 
 import adbc_driver_flightsql.dbapi as flight_sql
+import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 from adbc_driver_flightsql import DatabaseOptions
@@ -17,11 +18,11 @@ def secure(tmp_path_factory):
     s.stop()
 
 
-def connect(server, user):
+def connect(server, user, **options):
     """An ADBC connection with a bearer token from a Basic sign-in."""
     with server.client() as c:
         _, token = c.authenticate_basic_token(user, f"{user}-dev-password")
-    options = {DatabaseOptions.AUTHORIZATION_HEADER.value: token.decode()}
+    options[DatabaseOptions.AUTHORIZATION_HEADER.value] = token.decode()
     return flight_sql.connect(f"grpc://{server.addr}", db_kwargs=options)
 
 
@@ -131,3 +132,81 @@ def test_system_tables_describe_the_mesh(secure):
         pairs = list(zip(products.column("domain").to_pylist(), products.column("product").to_pylist()))
         assert ("sales", "orders") in pairs and ("sales", "daily_revenue") not in pairs
         assert all(products.column("owner").to_pylist())
+
+
+def test_prepared_statements_bind_parameters(secure):
+    with connect(secure, "carol") as carol, carol.cursor() as cur:
+        cur.execute("SELECT count(*) AS n FROM sales.orders WHERE region = ?", parameters=("EMEA",))
+        emea = cur.fetch_arrow_table().column("n")[0].as_py()
+        cur.execute("SELECT count(*) AS n FROM sales.orders WHERE region = $1", parameters=("AMER",))
+        amer = cur.fetch_arrow_table().column("n")[0].as_py()
+        assert emea > 0 and amer > 0
+        # A batch of N rows is N executions, results in row order.
+        rows = pa.record_batch({"region": ["EMEA", "AMER", "NOWHERE"]})
+        cur.execute("SELECT $1 AS region, count(*) AS n FROM sales.orders WHERE region = $1", parameters=rows)
+        got = cur.fetch_arrow_table()
+        assert got.column("region").to_pylist() == ["EMEA", "AMER", "NOWHERE"]
+        assert got.column("n").to_pylist() == [emea, amer, 0]
+        # Values are literals, never SQL.
+        cur.execute("SELECT count(*) AS n FROM sales.orders WHERE region = ?", parameters=("x' OR '1'='1",))
+        assert cur.fetch_arrow_table().column("n").to_pylist() == [0]
+        with pytest.raises(Exception, match=r"2 parameter\(s\)"):
+            cur.execute("SELECT * FROM sales.orders WHERE region = $1 AND amount > $2", parameters=("EMEA",))
+            cur.fetch_arrow_table()
+        with pytest.raises(Exception, match="bind values"):
+            cur.execute("SELECT * FROM sales.orders WHERE region = $1")
+            cur.fetch_arrow_table()
+    with connect(secure, "alice") as alice, alice.cursor() as cur:
+        # The row filter holds whatever is bound.
+        cur.execute("SELECT count(*) AS n FROM sales.orders WHERE region = ?", parameters=("AMER",))
+        assert cur.fetch_arrow_table().column("n").to_pylist() == [0]
+
+
+def test_sessions_carry_the_current_schema(secure):
+    cookies = {"adbc.flight.sql.rpc.with_cookie_middleware": "true"}
+    with connect(secure, "alice", **cookies) as alice:
+        assert alice.adbc_current_catalog == "mesh"
+        alice.adbc_current_db_schema = "sales"
+        assert alice.adbc_current_db_schema == "sales"
+        regions = query(alice, "SELECT DISTINCT region FROM orders").column("region").to_pylist()
+        assert regions == ["EMEA"], "unqualified names resolve in the session's schema, governed"
+        with pytest.raises(Exception):
+            alice.adbc_current_db_schema = "no_such_domain"
+        assert alice.adbc_current_db_schema == "sales", "a refused option changes nothing"
+        with pytest.raises(Exception):
+            alice.adbc_current_catalog = "other"
+    with connect(secure, "alice") as plain:
+        with pytest.raises(Exception, match="(?i)not found"):
+            query(plain, "SELECT * FROM orders")
+
+
+@pytest.fixture(scope="module")
+def bounded(tmp_path_factory):
+    home = tmp_path_factory.mktemp("bounded")
+    s = Server(
+        None,
+        "--statement-max-rows", "100",
+        "--statement-timeout", "2s",
+        "--statement-memory-mb", "1",
+        cwd=home,
+        secure=True,
+    )
+    yield s
+    s.stop()
+
+
+def test_statements_are_bounded_and_the_server_keeps_serving(bounded):
+    with connect(bounded, "carol") as carol:
+        assert query(carol, "SELECT order_id FROM sales.orders LIMIT 100").num_rows == 100
+        with pytest.raises(Exception, match="--statement-max-rows"):
+            query(carol, "SELECT * FROM sales.orders")
+        with pytest.raises(Exception, match="--statement-memory-mb"):
+            query(carol, "SELECT array_agg(a.order_id) AS ids FROM sales.orders a CROSS JOIN sales.orders b")
+        with pytest.raises(Exception, match="--statement-timeout"):
+            query(carol, "SELECT count(*) AS n FROM sales.orders a, sales.orders b, sales.orders c, sales.orders d")
+        with pytest.raises(Exception, match="(?i)syntax|parse|expected"):
+            query(carol, "SELEC order_id FROM sales.orders")
+        with pytest.raises(Exception, match=r"INVALID_ARGUMENT.*at most 1048576 bytes of SQL"):
+            query(carol, "SELECT 1 AS one -- " + "x" * (10 << 20))
+        # Every refusal left the server serving.
+        assert query(carol, "SELECT count(*) AS n FROM sales.orders").column("n")[0].as_py() > 100

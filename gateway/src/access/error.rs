@@ -106,15 +106,51 @@ pub enum Error {
         /// Number of shards asked for.
         count: u32,
     },
+    /// A SQL statement's text is longer than accepted.
+    #[error("the statement is {bytes} bytes long; at most {limit} bytes of SQL are accepted")]
+    StatementTooLong {
+        /// Its length.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A SQL statement ran past its time limit.
+    #[error(
+        "the statement ran past the gateway's limit of {} s (--statement-timeout); add filters or a LIMIT, or ask the operators to raise the limit", limit.as_secs_f64()
+    )]
+    Deadline {
+        /// The limit.
+        limit: std::time::Duration,
+    },
+    /// A SQL statement returns more rows than allowed.
+    #[error(
+        "the statement returns more than {limit} rows, the gateway's limit (--statement-max-rows); add filters, aggregate or add a LIMIT, or read the product whole over plain Flight"
+    )]
+    TooManyRows {
+        /// The limit.
+        limit: u64,
+    },
+    /// A statement's parameters are missing, too many, or of the wrong type.
+    #[error("{0}")]
+    Parameters(String),
     /// A fault of the gateway itself.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl Error {
-    /// Wraps a DataFusion error raised while planning or reading `product`.
+    /// Wraps a DataFusion error raised while planning or reading `product`; one of the core's
+    /// own errors raised inside the engine (a limit) comes back as itself.
     pub fn execution(product: impl Into<String>, e: DataFusionError) -> Self {
-        Self::Execution { product: product.into(), source: Box::new(e) }
+        match e {
+            DataFusionError::External(inner) => match inner.downcast::<Error>() {
+                Ok(core) => *core,
+                Err(other) => {
+                    Self::Execution { product: product.into(), source: Box::new(DataFusionError::External(other)) }
+                }
+            },
+            e => Self::Execution { product: product.into(), source: Box::new(e) },
+        }
     }
 }
 
@@ -176,7 +212,10 @@ pub(crate) fn to_status(e: &Error) -> Status {
         Error::StaleTicket { .. } => Status::failed_precondition(msg),
         Error::BadDescriptor(_) | Error::BadAction(_) => Status::invalid_argument(msg),
         Error::Unsupported(_) => Status::new(Code::Unimplemented, msg),
-        Error::Execution { product, source } => datafusion_status(&format!("`{product}`"), source),
+        Error::Execution { product, source } if product.contains('/') => {
+            datafusion_status(&format!("`{product}`"), source)
+        }
+        Error::Execution { product, source } => datafusion_status(product, source),
         Error::Auth(a) => Status::from(a.clone()),
         Error::Denied { .. } | Error::ForeignTicket => Status::permission_denied(msg),
         Error::Audit(a) => match a {
@@ -188,7 +227,9 @@ pub(crate) fn to_status(e: &Error) -> Status {
         Error::GovernanceRefused(_) => internal("the governance files cannot be loaded"),
         Error::NotAQuery => Status::invalid_argument(msg),
         Error::Busy { .. } => Status::resource_exhausted(msg),
-        Error::Shard { .. } => Status::invalid_argument(msg),
+        Error::Shard { .. } | Error::Parameters(_) | Error::StatementTooLong { .. } => Status::invalid_argument(msg),
+        Error::Deadline { .. } => Status::deadline_exceeded(msg),
+        Error::TooManyRows { .. } => Status::resource_exhausted(msg),
         Error::Internal(what) => internal(what),
     }
 }
@@ -299,6 +340,12 @@ mod tests {
         assert_eq!(code(Error::NotAQuery), Code::InvalidArgument);
         assert_eq!(code(Error::GovernanceRefused("x".into())), Code::Internal);
         assert_eq!(code(Error::Shard { index: 1, count: 2 }), Code::InvalidArgument);
+        assert_eq!(code(Error::Parameters("x".into())), Code::InvalidArgument);
+        assert_eq!(code(Error::StatementTooLong { bytes: 2, limit: 1 }), Code::InvalidArgument);
+        assert_eq!(code(Error::Deadline { limit: std::time::Duration::from_secs(1) }), Code::DeadlineExceeded);
+        assert_eq!(code(Error::TooManyRows { limit: 1 }), Code::ResourceExhausted);
+        let raised = Error::execution("a/b", DataFusionError::External(Box::new(Error::TooManyRows { limit: 1 })));
+        assert!(matches!(raised, Error::TooManyRows { limit: 1 }), "the core's own error comes back as itself");
         let g = governance::Error::Config { file: "x".into(), message: "y".into() };
         assert_eq!(code(Error::Governance(g)), Code::Internal);
     }

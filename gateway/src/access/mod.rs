@@ -19,7 +19,9 @@
 //!   `mesh.<domain>.<product>__<port>`).
 //! - [`listing`]: the tables a principal can name, with keys, and the `_mesh` system tables.
 //! - [`plan`]: read requests, shards and the authorized plan.
+//! - `params`: statement parameters (`$1`, `?`), bound values and how tickets carry them.
 //! - `exec`: the execution runtime and the audited stream.
+//! - [`limits`]: per-statement memory, time and row bounds.
 //! - `describe`: `describe` and `health` documents.
 //! - [`error`]: every call's errors and the table mapping them to gRPC codes.
 //!
@@ -42,22 +44,27 @@ use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use meshgate_proto::v1::ticket_claims::Read;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
 mod describe;
 pub mod error;
 mod exec;
+pub mod limits;
 pub mod listing;
 pub mod mesh;
+mod params;
 pub mod plan;
 pub mod snapshot;
 
 pub use crate::audit::Client;
 pub use error::{Error, Result};
+pub use limits::StatementLimits;
 pub use listing::{ForeignKey, SYSTEM_SCHEMA, TableEntry, TableKind};
 pub use mesh::{CATALOG, PORT_SEPARATOR, Resolved};
-pub use plan::{AuthorizedPlan, ReadRequest, Shard};
+pub use params::{MAX_BYTES as MAX_PARAMETER_BYTES, MAX_ROWS as MAX_PARAMETER_ROWS};
+pub use plan::{AuthorizedPlan, ReadRequest, Shard, SqlRead};
 pub use snapshot::{MeshSnapshot, ReloadReport};
 
 use crate::audit::{self, AuditLog, AuditToken};
@@ -114,13 +121,18 @@ pub struct CoreOptions {
     pub exec_threads: usize,
     /// Reads that may stream at once; one more is refused with `RESOURCE_EXHAUSTED`.
     pub max_reads: usize,
+    /// Bounds on each SQL statement.
+    pub statements: StatementLimits,
 }
 
 impl Default for CoreOptions {
     fn default() -> Self {
-        Self { governed: false, exec_threads: 0, max_reads: DEFAULT_MAX_READS }
+        Self { governed: false, exec_threads: 0, max_reads: DEFAULT_MAX_READS, statements: StatementLimits::default() }
     }
 }
+
+/// Longest SQL statement text accepted, in bytes.
+pub const MAX_STATEMENT_BYTES: usize = 1 << 20;
 
 /// Reads streaming at once by default.
 pub const DEFAULT_MAX_READS: usize = 256;
@@ -401,9 +413,64 @@ impl AccessCore {
     }
 
     /// A signed ticket for `shard` of `plan`, bound to the principal it was planned for.
-    pub fn ticket(&self, plan: &AuthorizedPlan, shard: Shard) -> IssuedTicket {
+    pub fn ticket(&self, plan: &AuthorizedPlan, shard: Shard) -> Result<IssuedTicket> {
         let now = (self.now)();
-        IssuedTicket { ticket: self.signer.sign(plan.claims(shard), now), expires: now + self.signer.ttl() }
+        Ok(IssuedTicket { ticket: self.signer.sign(plan.claims(shard)?, now), expires: now + self.signer.ttl() })
+    }
+
+    /// Signs a Flight SQL session's options (the session cookie's content).
+    pub fn seal_session(&self, claims: &meshgate_proto::v1::SessionClaims) -> Vec<u8> {
+        self.signer.sign_session(claims)
+    }
+
+    /// Verifies a session cookie's content; the caller checks whose session it is.
+    pub fn open_session(&self, sealed: &[u8]) -> Result<meshgate_proto::v1::SessionClaims> {
+        Ok(self.signer.verify_session(sealed)?)
+    }
+
+    /// Binds parameter rows to a prepared statement's handle: a new signed handle carrying the
+    /// statement and the rows (each row one execution), bound to the same caller.
+    pub fn bind(&self, call: &Call, handle: &[u8], rows: &[RecordBatch]) -> Result<Vec<u8>> {
+        let now = (self.now)();
+        let mut claims = self.signer.verify(handle, now)?;
+        if claims.subject != call.principal.subject || claims.issuer != call.principal.issuer {
+            return Err(Error::ForeignTicket);
+        }
+        let Some(Read::Sql(statement)) = claims.read.as_mut() else {
+            return Err(Error::Parameters("only a prepared SQL statement takes parameters".into()));
+        };
+        statement.parameters = params::encode_batches(rows)?;
+        claims.ticket_id.clear();
+        Ok(self.signer.sign(claims, now))
+    }
+
+    /// Plans a prepared statement's handle for the caller it was issued to: one plan per bound
+    /// parameter row (one when none are bound), each to be read through its own ticket.
+    pub async fn prepared(self: &Arc<Self>, call: &Call, handle: &[u8]) -> Result<Vec<AuthorizedPlan>> {
+        let claims = self.signer.verify(handle, (self.now)())?;
+        if claims.subject != call.principal.subject || claims.issuer != call.principal.issuer {
+            return Err(Error::ForeignTicket);
+        }
+        let Some(Read::Sql(statement)) = &claims.read else {
+            return Ok(vec![self.redeem(call, handle, None).await?.0]);
+        };
+        let mut rows = params::decode_rows(&statement.parameters)?;
+        if rows.is_empty() {
+            rows.push(Vec::new());
+        }
+        let mut plans = Vec::with_capacity(rows.len());
+        for row in rows {
+            let read = SqlRead {
+                query: statement.query.clone(),
+                params: Some(row),
+                default_schema: Some(statement.default_schema.clone()).filter(|d| !d.is_empty()),
+                view_types: statement.view_types,
+            };
+            let plan = self.authorize(call, ReadRequest::Sql(read)).await?;
+            plan.check_fresh(&claims.resources)?;
+            plans.push(plan);
+        }
+        Ok(plans)
     }
 
     /// Redeems a ticket: verifies it (signature, expiry, the caller is its subject), decides and
@@ -415,12 +482,6 @@ impl AccessCore {
             Ok((plan, shard)) => self.run(plan, shard, token).await,
             Err(e) => Err(fail(token, e).await),
         }
-    }
-
-    /// Plans again the read a signed ticket carries, for the caller it was issued to. A Flight
-    /// SQL prepared statement's handle is such a ticket: any replica can execute it.
-    pub async fn replan(self: &Arc<Self>, call: &Call, signed: &[u8]) -> Result<AuthorizedPlan> {
-        Ok(self.redeem(call, signed, None).await?.0)
     }
 
     /// Executes `shard` of `plan` for the caller it was planned for.
@@ -495,6 +556,7 @@ impl AccessCore {
     /// to leave, and returns the audited stream.
     async fn run(&self, plan: AuthorizedPlan, shard: Shard, mut token: Option<AuditToken>) -> Result<ReadStream> {
         let label = plan.label();
+        let statement = matches!(plan.request, ReadRequest::Sql(_));
         let AuthorizedPlan { df, schema, .. } = plan;
         let started = async {
             shard.check()?;
@@ -502,7 +564,8 @@ impl AccessCore {
                 .try_acquire_owned()
                 .map_err(|_| Error::Busy { limit: self.options.max_reads })?;
             let batches = self.exec.start(df, self.options.governed, label.clone()).await?;
-            Ok((permit, batches))
+            let limits = if statement { self.options.statements } else { StatementLimits::UNBOUNDED };
+            Ok((permit, limits::bounded(batches, limits)))
         };
         let (permit, batches) = match started.await {
             Ok(x) => x,
@@ -535,42 +598,59 @@ impl AccessCore {
         request: ReadRequest,
     ) -> Result<AuthorizedPlan> {
         let view = Arc::new(PrincipalView::new(Arc::clone(snapshot), p.clone(), Arc::clone(&self.decisions)));
-        let (df, schema) = match &request {
+        let (df, schema, parameters) = match &request {
             ReadRequest::Product(spec) => {
                 let (table, r) = view.resolve(&spec.domain, &spec.product, spec.port.as_deref())?;
                 let planned = query::plan(&self.ctx, &r.product, &r.port, table, spec)?;
-                (planned.df, planned.schema)
+                (planned.df, planned.schema, Arc::new(arrow::datatypes::Schema::empty()))
             }
-            ReadRequest::Sql(sql) => self.plan_sql(&view, sql).await?,
+            ReadRequest::Sql(read) => self.plan_sql(&view, read).await?,
         };
         Ok(AuthorizedPlan {
             request,
             principal: p,
             df,
             schema,
+            parameters,
             reads: view.take_resolved(),
             generation: snapshot.generation,
         })
     }
 
     /// Plans a read-only SQL statement in a session whose only catalog is `mesh` as the
-    /// principal sees it, without table functions; anything but a query is refused.
-    async fn plan_sql(&self, view: &Arc<PrincipalView>, sql: &str) -> Result<(DataFrame, SchemaRef)> {
+    /// principal sees it, without table functions; anything but a query is refused. Bound
+    /// parameter values replace the placeholders; view types become classic ones unless asked
+    /// for. Returns the frame, its schema and the statement's parameters.
+    async fn plan_sql(&self, view: &Arc<PrincipalView>, read: &SqlRead) -> Result<(DataFrame, SchemaRef, SchemaRef)> {
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog(CATALOG.into(), Arc::new(MeshCatalog(Arc::clone(view))));
         let mut config = self.ctx.copied_config();
         let options = &mut config.options_mut().catalog;
         options.default_catalog = CATALOG.into();
+        if let Some(schema) = &read.default_schema {
+            options.default_schema = schema.clone();
+        }
         options.information_schema = false;
         // Otherwise the builder registers an empty catalog under the default name, over `mesh`.
         options.create_default_catalog_and_schema = false;
+        let shared = self.ctx.runtime_env();
+        let pool = limits::StatementPool::new(Arc::clone(&shared.memory_pool), self.options.statements.memory_bytes);
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::from_runtime_env(&shared)
+            .with_memory_pool(Arc::new(pool))
+            .build_arc()
+            .map_err(|e| Error::Internal(format!("a statement's runtime: {e}")))?;
         let state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_runtime_env(runtime)
             .with_config(config)
             .with_catalog_list(Arc::new(catalogs))
             .with_table_functions(Default::default())
             .build();
+        if read.query.len() > MAX_STATEMENT_BYTES {
+            return Err(Error::StatementTooLong { bytes: read.query.len(), limit: MAX_STATEMENT_BYTES });
+        }
         let dialect = state.config().options().sql_parser.dialect;
-        let statement = state.sql_to_statement(sql, &dialect).map_err(|e| planning("the statement", e))?;
+        let mut statement = state.sql_to_statement(&read.query, &dialect).map_err(|e| planning("the statement", e))?;
+        params::number_question_marks(&mut statement)?;
         match &statement {
             DfStatement::Statement(s) if matches!(**s, SqlStatement::Query(_)) => {}
             _ => return Err(Error::NotAQuery),
@@ -582,10 +662,44 @@ impl AccessCore {
             .with_allow_statements(false)
             .verify_plan(&plan)
             .map_err(|_| Error::NotAQuery)?;
-        let df = DataFrame::new(state, plan);
+        let parameters = params::parameter_schema(&plan)?;
+        let plan = match &read.params {
+            Some(values) => params::bind(plan, values)?,
+            None => plan,
+        };
+        let mut df = DataFrame::new(state, plan);
+        if !read.view_types {
+            df = classic_types(df).map_err(|e| planning("the statement", e))?;
+        }
         let schema = Arc::new(df.schema().as_arrow().clone());
-        Ok((df, schema))
+        Ok((df, schema, parameters))
     }
+}
+
+/// `df` with its view-typed columns (`Utf8View`, `BinaryView`) cast to `Utf8`/`Binary`, for
+/// clients that cannot read views; unchanged when it has none.
+fn classic_types(df: DataFrame) -> datafusion::error::Result<DataFrame> {
+    use arrow::datatypes::DataType;
+    use datafusion::prelude::{Expr, cast};
+    let classic = |t: &DataType| match t {
+        DataType::Utf8View => Some(DataType::Utf8),
+        DataType::BinaryView => Some(DataType::Binary),
+        _ => None,
+    };
+    let fields = df.schema().fields().clone();
+    if !fields.iter().any(|f| classic(f.data_type()).is_some()) {
+        return Ok(df);
+    }
+    let columns = df.schema().columns();
+    let exprs: Vec<_> = fields
+        .iter()
+        .zip(columns)
+        .map(|(f, c)| match classic(f.data_type()) {
+            Some(t) => cast(Expr::Column(c), t).alias(f.name()),
+            None => Expr::Column(c),
+        })
+        .collect();
+    df.select(exprs)
 }
 
 /// A planning error: one the core raised while resolving a table (a denial) comes back as

@@ -1,6 +1,7 @@
 //! What a caller asks to read, and the plan the core authorized for it.
 
 use arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
 use datafusion::prelude::DataFrame;
 use meshgate_proto::v1::ticket_claims::Read;
 use meshgate_proto::v1::{ProductRead, ResourceRead, SqlStatement, TicketClaims};
@@ -8,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::error::{Error, Result};
 use super::mesh::Resolved;
+use super::params;
 use crate::audit;
 use crate::auth::Principal;
 use crate::query::ReadSpec;
@@ -18,7 +20,28 @@ pub enum ReadRequest {
     /// One product port: `SELECT <columns> FROM mesh.<domain>.<product> WHERE <filter> LIMIT <n>`.
     Product(ReadSpec),
     /// A read-only SQL statement over the catalog `mesh`.
-    Sql(String),
+    Sql(SqlRead),
+}
+
+/// A read-only SQL statement over the catalog `mesh`, with what its session and binding add.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SqlRead {
+    /// The statement's text.
+    pub query: String,
+    /// Values of its positional parameters (`$1`, `$2`, ... or `?`, in order). `None` only
+    /// while a prepared statement is created: it is planned with its placeholders unbound.
+    pub params: Option<Vec<ScalarValue>>,
+    /// Schema (domain) unqualified table names resolve in.
+    pub default_schema: Option<String>,
+    /// Stream view types (`Utf8View`, `BinaryView`) as they are; otherwise as `Utf8`/`Binary`.
+    pub view_types: bool,
+}
+
+impl SqlRead {
+    /// `query` with no parameters, no default schema, classic types.
+    pub fn new(query: impl Into<String>) -> Self {
+        Self { query: query.into(), params: Some(Vec::new()), ..Default::default() }
+    }
 }
 
 impl ReadRequest {
@@ -43,15 +66,28 @@ impl ReadRequest {
                 filter: Some(r.filter.clone()).filter(|f| !f.is_empty()),
                 limit: r.limit,
             })),
-            Some(Read::Sql(s)) => Ok(Self::Sql(s.query.clone())),
+            Some(Read::Sql(s)) => {
+                let mut rows = params::decode_rows(&s.parameters)?;
+                if rows.len() > 1 {
+                    return Err(Error::Parameters(
+                        "a handle with several parameter rows is not a ticket; call GetFlightInfo with it".into(),
+                    ));
+                }
+                Ok(Self::Sql(SqlRead {
+                    query: s.query.clone(),
+                    params: Some(rows.pop().unwrap_or_default()),
+                    default_schema: Some(s.default_schema.clone()).filter(|d| !d.is_empty()),
+                    view_types: s.view_types,
+                }))
+            }
             None => Err(Error::Ticket(crate::ticket::Error::Malformed)),
         }
     }
 
     /// The claims' `read` for this request. A product read names the port it resolved to, so
     /// the ticket reads the port the plan was made for even if the default port changes.
-    fn to_claims(&self, reads: &[Resolved]) -> Read {
-        match self {
+    fn to_claims(&self, reads: &[Resolved]) -> Result<Read> {
+        Ok(match self {
             Self::Product(s) => Read::Product(ProductRead {
                 domain: s.domain.clone(),
                 product: s.product.clone(),
@@ -60,8 +96,13 @@ impl ReadRequest {
                 filter: s.filter.clone().unwrap_or_default(),
                 limit: s.limit,
             }),
-            Self::Sql(q) => Read::Sql(SqlStatement { query: q.clone() }),
-        }
+            Self::Sql(q) => Read::Sql(SqlStatement {
+                query: q.query.clone(),
+                parameters: params::encode_row(q.params.as_deref().unwrap_or_default())?,
+                default_schema: q.default_schema.clone().unwrap_or_default(),
+                view_types: q.view_types,
+            }),
+        })
     }
 }
 
@@ -92,6 +133,7 @@ pub struct AuthorizedPlan {
     pub(crate) principal: Principal,
     pub(crate) df: DataFrame,
     pub(crate) schema: SchemaRef,
+    pub(crate) parameters: SchemaRef,
     pub(crate) reads: Vec<Resolved>,
     pub(crate) generation: u64,
 }
@@ -100,6 +142,12 @@ impl AuthorizedPlan {
     /// What is announced and streamed.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    /// The statement's positional parameters (`$1` first), with the types planning inferred;
+    /// empty for product reads and statements without placeholders.
+    pub fn parameters(&self) -> &SchemaRef {
+        &self.parameters
     }
 
     /// Every product port the plan reads.
@@ -181,9 +229,9 @@ impl AuthorizedPlan {
     }
 
     /// The claims of a ticket for `shard` of this plan (signed by the core).
-    pub(crate) fn claims(&self, shard: Shard) -> TicketClaims {
-        TicketClaims {
-            read: Some(self.request.to_claims(&self.reads)),
+    pub(crate) fn claims(&self, shard: Shard) -> Result<TicketClaims> {
+        Ok(TicketClaims {
+            read: Some(self.request.to_claims(&self.reads)?),
             resources: self.resource_reads(),
             generation: self.generation,
             shard_index: shard.index,
@@ -191,7 +239,7 @@ impl AuthorizedPlan {
             subject: self.principal.subject.clone(),
             issuer: self.principal.issuer.clone(),
             ..Default::default()
-        }
+        })
     }
 
     fn resource_reads(&self) -> Vec<ResourceRead> {

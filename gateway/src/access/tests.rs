@@ -26,7 +26,7 @@ fn sample() -> tempfile::TempDir {
 }
 
 fn governed(max_reads: usize) -> CoreOptions {
-    CoreOptions { governed: true, exec_threads: 1, max_reads }
+    CoreOptions { governed: true, exec_threads: 1, max_reads, ..Default::default() }
 }
 
 fn user(name: &str, roles: &[&str], region: Option<&str>) -> Call {
@@ -80,7 +80,7 @@ async fn discover_authorize_execute_without_grpc() {
     assert!(strings(&orders, "region").iter().all(|r| r == "EMEA"));
 
     // The same catalog serves SQL, under the same rules.
-    let sql = |q: &str| ReadRequest::Sql(q.to_string());
+    let sql = |q: &str| ReadRequest::Sql(SqlRead::new(q));
     let counted = read(&core, &alice, sql("SELECT count(*) AS n FROM mesh.sales.orders")).await.unwrap();
     assert_eq!(counted[0].column(0).as_primitive::<Int64Type>().value(0) as usize, rows(&orders));
     let hidden = read(&core, &alice, sql("SELECT * FROM sales.orders WHERE region <> 'EMEA'")).await.unwrap();
@@ -107,14 +107,14 @@ async fn tickets_carry_the_read_and_bind_the_caller() {
     let core = core_on(mesh.path(), governed(8)).await;
     let alice = user("alice", &["analyst"], Some("EMEA"));
     let bob = user("bob", &["analyst"], Some("AMER"));
-    let query = ReadRequest::Sql("SELECT region, count(*) AS n FROM sales.orders GROUP BY region".into());
+    let query = ReadRequest::Sql(SqlRead::new("SELECT region, count(*) AS n FROM sales.orders GROUP BY region"));
     let plan = core.authorize(&alice, query).await.unwrap();
-    let ticket = core.ticket(&plan, Shard::WHOLE).ticket;
+    let ticket = core.ticket(&plan, Shard::WHOLE).unwrap().ticket;
     let got: Vec<RecordBatch> = core.read_ticket(&alice, &ticket).await.unwrap().batches.try_collect().await.unwrap();
     assert_eq!(strings(&got, "region"), ["EMEA"]);
     assert!(matches!(core.read_ticket(&bob, &ticket).await, Err(Error::ForeignTicket)));
     // A ticket for a shard the read cannot be split into is refused, never served whole.
-    let split = core.signer.sign(plan.claims(Shard { index: 1, count: 2 }), SystemTime::now());
+    let split = core.signer.sign(plan.claims(Shard { index: 1, count: 2 }).unwrap(), SystemTime::now());
     assert!(matches!(core.read_ticket(&alice, &split).await, Err(Error::Shard { index: 1, count: 2 })));
 }
 

@@ -18,6 +18,8 @@
 //!   core ([`crate::access`]) and encodes.
 //! - [`actions`]: `describe`, `health`, `reload`.
 //! - `sql`: Flight SQL commands and actions (statements, prepared statements).
+//! - `session`: Flight SQL sessions (current catalog and schema, view types) in a signed
+//!   cookie.
 //! - `sql_meta`: Flight SQL metadata commands (server info, catalogs, tables, types, keys).
 //! - [`wire`]: cutting batches into Flight messages by the bytes their rows occupy.
 //!
@@ -25,6 +27,7 @@
 
 pub mod actions;
 pub mod service;
+mod session;
 mod sql;
 mod sql_meta;
 pub mod wire;

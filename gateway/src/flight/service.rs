@@ -22,6 +22,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::session::{self, Session};
 use super::wire::{self, WireOptions};
 use super::{actions, sql};
 use crate::access::{AccessCore, AuthorizedPlan, Call, Client, Error, ReadRequest, Result, Shard};
@@ -35,6 +36,7 @@ pub struct MeshFlightService {
     core: Arc<AccessCore>,
     auth: Option<Arc<Authenticator>>,
     wire: WireOptions,
+    view_types: bool,
 }
 
 /// The principal the auth layer attached to a call.
@@ -58,7 +60,20 @@ fn call<T>(rpc: &str, req: &Request<T>) -> Result<Call> {
 impl MeshFlightService {
     /// A service over the access core `core`.
     pub fn new(core: Arc<AccessCore>) -> Self {
-        Self { core, auth: None, wire: WireOptions::default() }
+        Self { core, auth: None, wire: WireOptions::default(), view_types: false }
+    }
+
+    /// Streams SQL results' view types (`Utf8View`, `BinaryView`) as they are by default;
+    /// otherwise as `Utf8`/`Binary` (a session option overrides it).
+    pub fn with_view_types(mut self, view_types: bool) -> Self {
+        self.view_types = view_types;
+        self
+    }
+
+    /// How Flight SQL plans for this call: its session (from the cookie) and the defaults.
+    fn sql_context<'a, T>(&'a self, call: &'a Call, req: &Request<T>) -> Result<sql::Context<'a>> {
+        let session = Session::from_headers(&self.core, call, &req.metadata().clone().into_headers())?;
+        Ok(sql::Context { core: &self.core, call, session, view_types: self.view_types })
     }
 
     /// Verifies Basic credentials in `Handshake` with `auth`, and issues its tokens.
@@ -73,43 +88,55 @@ impl MeshFlightService {
         self
     }
 
-    /// The `FlightInfo` of an authorized plan: its schema, one endpoint with a ticket bound to
-    /// the caller, and what the plan knows of its size.
-    fn flight_info(&self, plan: &AuthorizedPlan, descriptor: FlightDescriptor) -> Result<FlightInfo> {
-        let issued = self.core.ticket(plan, Shard::WHOLE);
-        let since = issued.expires.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(issued.ticket)).with_expiration_time(
-            prost_types::Timestamp { seconds: since.as_secs() as i64, nanos: since.subsec_nanos() as i32 },
-        );
-        Ok(FlightInfo::new()
-            .try_with_schema(plan.schema())
+    /// The `FlightInfo` of authorized plans (one, or one per bound parameter row, all with one
+    /// schema): the schema, one endpoint per plan with a ticket bound to the caller, and what
+    /// a single plan knows of its size.
+    fn flight_info(&self, plans: &[AuthorizedPlan], descriptor: FlightDescriptor) -> Result<FlightInfo> {
+        let [first, ..] = plans else { return Err(Error::Internal("no plan to describe".into())) };
+        let mut info = FlightInfo::new()
+            .try_with_schema(first.schema())
             .map_err(|e| Error::Internal(format!("encoding a schema failed: {e}")))?
             .with_descriptor(descriptor)
-            .with_endpoint(endpoint)
-            .with_total_records(plan.total_records())
-            .with_total_bytes(plan.total_bytes())
-            .with_ordered(false)
-            .with_app_metadata(serde_json::to_vec(&plan.description()).unwrap_or_default()))
+            .with_ordered(plans.len() > 1)
+            .with_app_metadata(serde_json::to_vec(&first.description()).unwrap_or_default());
+        for plan in plans {
+            let issued = self.core.ticket(plan, Shard::WHOLE)?;
+            let since = issued.expires.duration_since(UNIX_EPOCH).unwrap_or_default();
+            info =
+                info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(issued.ticket)).with_expiration_time(
+                    prost_types::Timestamp { seconds: since.as_secs() as i64, nanos: since.subsec_nanos() as i32 },
+                ));
+        }
+        if let [plan] = plans {
+            info = info.with_total_records(plan.total_records()).with_total_bytes(plan.total_bytes());
+        }
+        Ok(info)
     }
 
     /// Plans what a descriptor asks for: a Flight SQL command, or a meshgate PATH / JSON read.
-    async fn plan_for(&self, call: &Call, descriptor: &FlightDescriptor) -> Result<AuthorizedPlan> {
+    async fn plan_for<T>(
+        &self,
+        call: &Call,
+        req: &Request<T>,
+        descriptor: &FlightDescriptor,
+    ) -> Result<Vec<AuthorizedPlan>> {
         if descriptor.r#type == DescriptorType::Cmd as i32
             && let Some(command) = sql::command(descriptor)
         {
-            return sql::plan(&self.core, call, command?).await;
+            return sql::plan(&self.sql_context(call, req)?, command?).await;
         }
-        self.core.authorize(call, request_of(descriptor)?).await
+        Ok(vec![self.core.authorize(call, request_of(descriptor)?).await?])
     }
 
-    async fn get_flight_info_for(&self, call: &Call, descriptor: FlightDescriptor) -> Result<FlightInfo> {
-        if let Some(Ok(command)) = sql::command(&descriptor)
+    async fn get_flight_info_for(&self, call: &Call, req: &Request<FlightDescriptor>) -> Result<FlightInfo> {
+        let descriptor = req.get_ref();
+        if let Some(Ok(command)) = sql::command(descriptor)
             && let Some(info) = sql::metadata_info(&command, descriptor.clone())
         {
             return info;
         }
-        let plan = self.plan_for(call, &descriptor).await?;
-        self.flight_info(&plan, descriptor)
+        let plans = self.plan_for(call, req, descriptor).await?;
+        self.flight_info(&plans, descriptor.clone())
     }
 }
 
@@ -222,21 +249,21 @@ impl FlightService for MeshFlightService {
         for plan in &plans {
             let r = &plan.reads()[0];
             let path = vec![r.product.domain.clone(), r.product.name.clone(), r.port.name.clone()];
-            infos.push(Ok(self.flight_info(plan, FlightDescriptor::new_path(path))?));
+            infos.push(Ok(self.flight_info(std::slice::from_ref(plan), FlightDescriptor::new_path(path))?));
         }
         Ok(Response::new(futures::stream::iter(infos).boxed()))
     }
 
     async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
         let call = call("GetFlightInfo", &request)?;
-        Ok(Response::new(self.get_flight_info_for(&call, request.into_inner()).await?))
+        Ok(Response::new(self.get_flight_info_for(&call, &request).await?))
     }
 
     /// Reads are planned before the first answer, so the first poll already returns the
     /// complete info.
     async fn poll_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
         let call = call("PollFlightInfo", &request)?;
-        let info = self.get_flight_info_for(&call, request.into_inner()).await?;
+        let info = self.get_flight_info_for(&call, &request).await?;
         let poll =
             PollInfo::new().with_info(info).try_with_progress(1.0).map_err(|e| Error::Internal(e.to_string()))?;
         Ok(Response::new(poll))
@@ -250,7 +277,10 @@ impl FlightService for MeshFlightService {
         };
         let schema = match schema {
             Some(s) => s,
-            None => Arc::clone(self.plan_for(&call, request.get_ref()).await?.schema()),
+            None => {
+                let plans = self.plan_for(&call, &request, request.get_ref()).await?;
+                Arc::clone(plans.first().ok_or_else(|| Error::Internal("no plan".into()))?.schema())
+            }
         };
         let result = SchemaResult::try_from(SchemaAsIpc::new(&schema, &IpcWriteOptions::default()))
             .map_err(|e| Error::Internal(format!("encoding a schema failed: {e}")))?;
@@ -271,8 +301,16 @@ impl FlightService for MeshFlightService {
         Ok(Response::new(flight.boxed()))
     }
 
-    async fn do_put(&self, _request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
-        Err(Error::Unsupported("DoPut is not supported: meshgate serves read-only output ports").into())
+    /// Binds parameters to a Flight SQL prepared statement; nothing else is written.
+    async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
+        let call = call("DoPut", &request)?;
+        let mut incoming = request.into_inner();
+        let first = incoming.message().await?.unwrap_or_default();
+        let descriptor = first.flight_descriptor.clone().unwrap_or_default();
+        let work = sql::bind(&self.core, &call, &descriptor, first, incoming);
+        let metadata = self.core.recorded(&call, work).await?;
+        let result = PutResult { app_metadata: metadata.into() };
+        Ok(Response::new(futures::stream::once(async { Ok(result) }).boxed()))
     }
 
     async fn do_exchange(
@@ -285,8 +323,25 @@ impl FlightService for MeshFlightService {
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
         let action = request.get_ref();
         let call = call(&format!("DoAction/{}", crate::text::clip(&action.r#type)), &request)?;
+        if session::ACTIONS.contains(&action.r#type.as_str()) {
+            let reply = self.core.recorded(&call, async {
+                let current = Session::from_headers(&self.core, &call, &request.metadata().clone().into_headers())?;
+                session::action(&self.core, &call, current, &action.r#type, &action.body, self.view_types)
+            });
+            let reply = reply.await?;
+            let result = arrow_flight::Result { body: reply.body.into() };
+            let mut response =
+                Response::new(futures::stream::once(async { Ok(result) }).boxed() as Self::DoActionStream);
+            if let Some(cookie) = reply.set_cookie {
+                let value =
+                    cookie.parse().map_err(|_| Error::Internal("the session cookie is not a header value".into()))?;
+                response.metadata_mut().insert("set-cookie", value);
+            }
+            return Ok(response);
+        }
         let body = if sql::is_action(&action.r#type) {
-            self.core.recorded(&call, sql::action(&self.core, &call, &action.r#type, &action.body)).await?
+            let cx = self.sql_context(&call, &request)?;
+            self.core.recorded(&call, sql::action(&cx, &action.r#type, &action.body)).await?
         } else {
             self.core.recorded(&call, actions::run(&self.core, &call.principal, action)).await?
         };

@@ -9,22 +9,31 @@
 //! is the command itself, answered for whoever redeems it.
 //!
 //! Prepared statements are stateless: the handle is a ticket of the statement, signed and bound
-//! to the caller, so any replica can execute it and closing it releases nothing.
+//! to the caller, so any replica can execute it and closing it releases nothing. Binding
+//! parameters (`DoPut` of a batch of rows) returns a new handle carrying the rows; executing it
+//! yields one endpoint per row. Statements inherit the caller's session (`session`).
 
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
-    Any, Command, ProstMessageExt,
+    Any, Command, DoPutPreparedStatementResult, ProstMessageExt,
 };
-use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
-use futures::StreamExt;
+use arrow_flight::{FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
+use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 
+use super::session::Session;
 use super::sql_meta;
-use crate::access::{AccessCore, AuthorizedPlan, Call, Error, ReadRequest, ReadStream, Result, Shard};
+use crate::access::{
+    AccessCore, AuthorizedPlan, Call, Error, MAX_PARAMETER_BYTES, MAX_PARAMETER_ROWS, ReadRequest, ReadStream, Result,
+    Shard,
+};
 
 /// Prefix of every Flight SQL message's type URL.
 const TYPE_URL_PREFIX: &str = "type.googleapis.com/arrow.flight.protocol.sql.";
@@ -79,14 +88,64 @@ pub(crate) async fn metadata_read(core: &Arc<AccessCore>, call: &Call, ticket: &
     }))
 }
 
-/// Plans the statement a Flight SQL command asks for.
-pub(crate) async fn plan(core: &Arc<AccessCore>, call: &Call, command: Command) -> Result<AuthorizedPlan> {
+/// How the Flight SQL front plans statements: the caller's session and the server's default
+/// for view types.
+pub(crate) struct Context<'a> {
+    pub(crate) core: &'a Arc<AccessCore>,
+    pub(crate) call: &'a Call,
+    pub(crate) session: Session,
+    pub(crate) view_types: bool,
+}
+
+/// Plans the statement a Flight SQL command asks for: one plan, or one per parameter row bound
+/// to a prepared statement.
+pub(crate) async fn plan(cx: &Context<'_>, command: Command) -> Result<Vec<AuthorizedPlan>> {
     match command {
-        Command::CommandStatementQuery(q) => core.authorize(call, ReadRequest::Sql(q.query)).await,
-        Command::CommandPreparedStatementQuery(p) => core.replan(call, &p.prepared_statement_handle).await,
+        Command::CommandStatementQuery(q) => {
+            let read = cx.session.statement(q.query, cx.view_types);
+            Ok(vec![cx.core.authorize(cx.call, ReadRequest::Sql(read)).await?])
+        }
+        Command::CommandPreparedStatementQuery(p) => cx.core.prepared(cx.call, &p.prepared_statement_handle).await,
         other => Err(Error::Unsupported(unsupported(other.type_url()))),
     }
 }
+
+/// Binds the parameter rows a `DoPut` streams to the prepared statement its descriptor names;
+/// returns the `PutResult` metadata (a `DoPutPreparedStatementResult` with the new handle).
+pub(crate) async fn bind(
+    core: &AccessCore,
+    call: &Call,
+    descriptor: &FlightDescriptor,
+    first: FlightData,
+    rest: impl Stream<Item = Result<FlightData, tonic::Status>> + Send + 'static,
+) -> Result<Vec<u8>> {
+    let handle = match command(descriptor) {
+        Some(Ok(Command::CommandPreparedStatementQuery(p))) => p.prepared_statement_handle,
+        Some(Ok(other)) => return Err(Error::Unsupported(unsupported(other.type_url()))),
+        Some(Err(e)) => return Err(e),
+        None => return Err(Error::Unsupported(NOT_WRITABLE)),
+    };
+    let data = futures::stream::once(async { Ok(first) }).chain(rest).map_err(|e| FlightError::Tonic(Box::new(e)));
+    let mut batches = FlightRecordBatchStream::new_from_flight_data(data);
+    let (mut rows, mut bytes, mut bound) = (0usize, 0usize, Vec::<RecordBatch>::new());
+    while let Some(batch) =
+        batches.try_next().await.map_err(|e| Error::Parameters(format!("the parameter batches do not decode: {e}")))?
+    {
+        rows += batch.num_rows();
+        bytes += batch.get_array_memory_size();
+        if rows > MAX_PARAMETER_ROWS || bytes > 4 * MAX_PARAMETER_BYTES {
+            return Err(Error::Parameters(format!(
+                "at most {MAX_PARAMETER_ROWS} parameter rows ({MAX_PARAMETER_BYTES} bytes) are bound at once; bind them in several batches"
+            )));
+        }
+        bound.push(batch);
+    }
+    let handle = core.bind(call, &handle, &bound)?;
+    Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(handle.into()) }.encode_to_vec())
+}
+
+/// Why `DoPut` of anything but parameters is refused.
+pub(crate) const NOT_WRITABLE: &str = "DoPut only binds parameters to a Flight SQL prepared statement: meshgate serves read-only output ports; a domain publishes data through its own pipeline into the product's storage";
 
 /// The Flight SQL actions this front answers.
 const ACTIONS: &[&str] = &["CreatePreparedStatement", "ClosePreparedStatement"];
@@ -97,29 +156,32 @@ pub(crate) fn is_action(name: &str) -> bool {
 }
 
 /// Runs the Flight SQL action `name`; returns the result body.
-pub(crate) async fn action(core: &Arc<AccessCore>, call: &Call, name: &str, body: &[u8]) -> Result<Vec<u8>> {
+pub(crate) async fn action(cx: &Context<'_>, name: &str, body: &[u8]) -> Result<Vec<u8>> {
     match name {
-        "CreatePreparedStatement" => create_prepared(core, call, body).await,
+        "CreatePreparedStatement" => create_prepared(cx, body).await,
         "ClosePreparedStatement" => unpack::<ActionClosePreparedStatementRequest>(body).map(|_| Vec::new()),
         other => Err(Error::BadAction(format!("no Flight SQL action `{}`", crate::text::clip(other)))),
     }
 }
 
-async fn create_prepared(core: &Arc<AccessCore>, call: &Call, body: &[u8]) -> Result<Vec<u8>> {
+/// Plans the statement with its placeholders unbound; the handle is a ticket of it.
+async fn create_prepared(cx: &Context<'_>, body: &[u8]) -> Result<Vec<u8>> {
     let request: ActionCreatePreparedStatementRequest = unpack(body)?;
-    let plan = core.authorize(call, ReadRequest::Sql(request.query)).await?;
-    let handle = core.ticket(&plan, Shard::WHOLE).ticket;
+    let read = crate::access::SqlRead { params: None, ..cx.session.statement(request.query, cx.view_types) };
+    let plan = cx.core.authorize(cx.call, ReadRequest::Sql(read)).await?;
+    let handle = cx.core.ticket(&plan, Shard::WHOLE)?.ticket;
+    let parameters = plan.parameters();
     let result = ActionCreatePreparedStatementResult {
         prepared_statement_handle: handle.into(),
-        dataset_schema: ipc_schema(&plan)?,
-        parameter_schema: Default::default(),
+        dataset_schema: ipc_schema(plan.schema())?,
+        parameter_schema: if parameters.fields().is_empty() { Default::default() } else { ipc_schema(parameters)? },
     };
     Ok(result.as_any().encode_to_vec())
 }
 
-/// A plan's schema as an encapsulated IPC message, as Flight SQL carries schemas.
-fn ipc_schema(plan: &AuthorizedPlan) -> Result<bytes::Bytes> {
-    let message: IpcMessage = SchemaAsIpc::new(plan.schema(), &IpcWriteOptions::default())
+/// A schema as an encapsulated IPC message, as Flight SQL carries schemas.
+fn ipc_schema(schema: &SchemaRef) -> Result<bytes::Bytes> {
+    let message: IpcMessage = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
         .try_into()
         .map_err(|e| Error::Internal(format!("encoding a schema failed: {e}")))?;
     Ok(message.0)
