@@ -210,3 +210,59 @@ def test_statements_are_bounded_and_the_server_keeps_serving(bounded):
             query(carol, "SELECT 1 AS one -- " + "x" * (10 << 20))
         # Every refusal left the server serving.
         assert query(carol, "SELECT count(*) AS n FROM sales.orders").column("n")[0].as_py() > 100
+
+
+def column(conn, sql, name):
+    return query(conn, sql).column(name).to_pylist()
+
+
+def test_masks_and_row_filters_hold_through_any_sql(secure):
+    with connect(secure, "carol") as carol:
+        clear = column(carol, "SELECT email FROM customers.profiles ORDER BY customer_id LIMIT 1", "email")[0]
+        emea = column(carol, "SELECT count(*) AS n FROM sales.orders WHERE region = 'EMEA'", "n")[0]
+    assert "@" in clear
+    with connect(secure, "alice") as alice:
+        masked = [
+            "SELECT * FROM customers.profiles",
+            "SELECT email FROM customers.profiles GROUP BY email",
+            "SELECT email FROM customers.profiles UNION ALL SELECT email FROM customers.profiles",
+            "WITH x AS (SELECT email FROM customers.profiles) SELECT email FROM x",
+            "SELECT first_value(email) OVER (ORDER BY customer_id) AS email FROM customers.profiles",
+            "SELECT max(email) OVER (PARTITION BY email) AS email FROM customers.profiles",
+            "SELECT (SELECT max(email) FROM customers.profiles) AS email",
+        ]
+        for sql in masked:
+            emails = column(alice, sql, "email")
+            assert emails and not any("@" in (e or "") for e in emails), sql
+        reaching = [
+            f"SELECT count(*) AS n FROM customers.profiles WHERE email = '{clear}'",
+            "SELECT count(*) AS n FROM customers.profiles WHERE email LIKE '%@%'",
+            f"SELECT count(*) AS n FROM customers.profiles p JOIN (VALUES ('{clear}')) v(e) ON p.email = v.e",
+            "SELECT count(*) AS n FROM customers.profiles WHERE customer_id IN "
+            f"(SELECT customer_id FROM customers.profiles WHERE email = '{clear}')",
+            "SELECT count(*) AS n FROM customers.profiles WHERE strpos(email, '@') > 0",
+        ]
+        for sql in reaching:
+            assert column(alice, sql, "n") == [0], sql
+        ordered = column(alice, "SELECT email FROM customers.profiles ORDER BY email", "email")
+        assert ordered == sorted(ordered), "ORDER BY sorts the masked values, not the clear ones"
+
+        # Row filters hold in joins, subqueries and aggregates.
+        assert column(alice, "SELECT DISTINCT o.region FROM sales.orders o JOIN customers.profiles c "
+                             "ON o.customer_id = c.customer_id", "region") == ["EMEA"]
+        assert column(alice, "SELECT count(*) AS n FROM customers.profiles c WHERE EXISTS "
+                             "(SELECT 1 FROM sales.orders o WHERE o.customer_id = c.customer_id "
+                             "AND o.region <> 'EMEA')", "n") == [0]
+        # An expression that would fail on a hidden row never sees one.
+        probe = ("SELECT count(*) AS n FROM sales.orders "
+                 "WHERE CAST(CASE WHEN region = 'EMEA' THEN '1' ELSE 'x' END AS INT) = 1")
+        assert column(alice, probe, "n") == [emea]
+
+        # EXPLAIN says where governance applies, not what it hides or where data lives.
+        plan = "\n".join(column(alice, "EXPLAIN SELECT * FROM sales.orders o JOIN customers.profiles c "
+                                       "ON o.customer_id = c.customer_id", "plan"))
+        assert "GuardExec" in plan and "GovernedScan" in plan
+        assert "EMEA" not in plan and "principal" not in plan
+        assert ".parquet" not in plan and ".csv" not in plan and "/mesh" not in plan
+        with pytest.raises(Exception, match="EXPLAIN ANALYZE is not served"):
+            query(alice, "EXPLAIN ANALYZE SELECT * FROM sales.orders")

@@ -69,7 +69,8 @@ impl Executor {
                 Err(e) => return drop(ready.send(Err(Error::execution(label, e)))),
             };
             if guarded && let Err(e) = check_guarded(&plan) {
-                return drop(ready.send(Err(Error::Internal(e.to_string()))));
+                tracing::error!(error = %e, read = %label, "a plan was refused: a scan is not under a governance guard");
+                return drop(ready.send(Err(Error::Internal("the plan could not be verified as governed".into()))));
             }
             let mut batches = match datafusion::physical_plan::execute_stream(plan, std::sync::Arc::new(task)) {
                 Ok(s) => s,

@@ -299,17 +299,21 @@ impl SchemaProvider for SystemSchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
         let Some(batch) = self.0.system_batch(name) else { return Ok(None) };
-        let batch = batch?;
-        let schema = batch.schema();
-        let memory = Arc::new(MemTable::try_new(Arc::clone(&schema), vec![vec![batch]])?);
-        // Rows are already limited to what the principal may discover; the guard keeps every
-        // plan's leaves under one, as the executor checks.
-        let columns =
-            schema.fields().iter().map(|f| OutputColumn { name: f.name().clone(), expr: col(f.name()) }).collect();
-        Ok(Some(Arc::new(GovernedTable::try_new(memory, columns, None, &schema)?)))
+        // Rows are already limited to what the principal may discover.
+        Ok(Some(computed_table(batch?)?))
     }
 
     fn table_exist(&self, name: &str) -> bool {
         system_schemas().iter().any(|(n, _)| *n == name)
     }
+}
+
+/// A table of rows the core computed for the caller (system tables, `EXPLAIN` output), behind
+/// an identity guard so every plan's leaves stay under one, as the executor checks.
+pub(crate) fn computed_table(batch: RecordBatch) -> Result<Arc<dyn TableProvider>, DataFusionError> {
+    let schema = batch.schema();
+    let memory = Arc::new(MemTable::try_new(Arc::clone(&schema), vec![vec![batch]])?);
+    let columns =
+        schema.fields().iter().map(|f| OutputColumn { name: f.name().clone(), expr: col(f.name()) }).collect();
+    Ok(Arc::new(GovernedTable::try_new(memory, columns, None, &schema)?))
 }

@@ -93,9 +93,19 @@ async fn discover_authorize_execute_without_grpc() {
     assert!(matches!(core.authorize(&pat, product("sales", "orders")).await, Err(Error::Denied { .. })));
     assert!(matches!(core.authorize(&pat, sql("SELECT * FROM sales.orders")).await, Err(Error::Denied { .. })));
     assert!(matches!(core.authorize(&alice, product("sales", "nope")).await, Err(Error::Catalog(_))));
-    for statement in ["CREATE TABLE t AS SELECT 1", "EXPLAIN SELECT * FROM sales.orders", "COPY sales.orders TO 'x'"] {
+    for statement in [
+        "CREATE TABLE t AS SELECT 1",
+        "EXPLAIN CREATE TABLE t AS SELECT 1",
+        "COPY sales.orders TO 'x'",
+        "SET datafusion.execution.batch_size = 1",
+        "INSERT INTO sales.orders SELECT * FROM sales.orders",
+    ] {
         assert!(matches!(core.authorize(&alice, sql(statement)).await, Err(Error::NotAQuery)), "{statement}");
     }
+    let analyze = core.authorize(&alice, sql("EXPLAIN ANALYZE SELECT * FROM sales.orders")).await;
+    assert!(matches!(analyze, Err(Error::Unsupported(_))));
+    let files = core.authorize(&alice, sql("SELECT * FROM read_parquet('/etc/passwd')")).await.unwrap_err();
+    assert!(files.to_string().contains("read_parquet"), "{files}");
     let plan = core.authorize(&alice, product("sales", "orders")).await.unwrap();
     let half = Shard { index: 0, count: 2 };
     assert!(matches!(core.execute(&alice, plan, half).await, Err(Error::Shard { index: 0, count: 2 })));

@@ -216,6 +216,30 @@ impl ExecutionPlan for GuardExec {
     }
 }
 
+/// `plan` as `EXPLAIN` shows it to a caller: one line per operator, indented, each guard's
+/// subtree (the storage scan: file paths, adapter details) and the row filter's predicate left
+/// out, so the plan says where governance applies but not what it hides.
+pub fn explain(plan: &Arc<dyn ExecutionPlan>) -> String {
+    fn walk(plan: &Arc<dyn ExecutionPlan>, depth: usize, out: &mut String) {
+        let indent = "  ".repeat(depth);
+        let line = datafusion::physical_plan::displayable(plan.as_ref()).one_line().to_string();
+        out.push_str(&indent);
+        out.push_str(line.trim_end());
+        out.push('\n');
+        if (plan.as_ref() as &dyn Any).downcast_ref::<GuardExec>().is_some() {
+            out.push_str(&indent);
+            out.push_str("  GovernedScan: the product's storage (not shown)\n");
+            return;
+        }
+        for child in plan.children() {
+            walk(child, depth + 1, out);
+        }
+    }
+    let mut out = String::new();
+    walk(plan, 0, &mut out);
+    out
+}
+
 /// Fails unless every leaf of `plan` that reads data is beneath a [`GuardExec`].
 pub fn check_guarded(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
     if (plan.as_ref() as &dyn Any).downcast_ref::<GuardExec>().is_some() {
