@@ -9,6 +9,10 @@ authentication costs is a per-call check, measured separately once the wire-spee
 Printed per server: one stream (median of the rounds) as Mrows/s, messages per stream, time to
 first batch and bytes received; four concurrent streams; GetFlightInfo p50/p99 over 1,000 calls;
 the server's CPU-seconds per GB served (from /proc, over the one-stream rounds).
+
+A second table reads the same table through Flight SQL: `SELECT * FROM tpch.<table>` with the
+ADBC Flight SQL driver (`fetch_arrow_table`, which prepares the statement as BI tools do), next to
+the plain Flight read of the same product and the C++ peer.
 """
 
 import argparse
@@ -23,6 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import adbc_driver_flightsql.dbapi as flight_sql
 import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
@@ -145,6 +150,20 @@ def measure(proc, addr: str, descriptor, rounds: int, table_bytes: int) -> dict:
     }
 
 
+def measure_sql(addr: str, table: str, rounds: int) -> dict:
+    """`SELECT * FROM tpch.<table>` through ADBC: median seconds of `rounds` full reads."""
+    with flight_sql.connect(f"grpc://{addr}") as conn:
+        def once():
+            t0 = time.perf_counter()
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT * FROM tpch.{table}")
+                rows = cur.fetch_arrow_table().num_rows
+            return time.perf_counter() - t0, rows
+        once()  # warm
+        secs, rows = sorted(once() for _ in range(rounds))[rounds // 2]
+    return {"rows": rows, "mrows": rows / secs / 1e6, "secs": secs}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale", default="1")
@@ -168,10 +187,14 @@ def main():
             ("pyarrow C++ Flight, Parquet per request", [*peer, str(parquet), "scan"], flight.FlightDescriptor.for_path("lineitem")),
             ("meshgate, Parquet product", meshgate, flight.FlightDescriptor.for_path("tpch", "lineitem")),
         ]
+        sql = []
         for name, cmd, descriptor in servers:
             proc, addr = start(cmd)
             try:
                 results.append((name, measure(proc, addr, descriptor, args.rounds, table_bytes)))
+                if cmd is meshgate:
+                    table = descriptor.path[-1].decode()
+                    sql.append((f"{name}: Flight SQL (ADBC) SELECT *", measure_sql(addr, table, args.rounds)))
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
@@ -184,6 +207,12 @@ def main():
         print(f"| {name} | {r['mrows']:.2f} | {r['mrows'] / peer_rows:.2f} | {r['messages']:,} | {r['first_ms']:.0f} | "
               f"{r['received_mb']:.0f} | {r['four_mrows']:.2f} | {r['four_first_ms']:.0f} | {r['p50_ms']:.2f} | "
               f"{r['p99_ms']:.2f} | {r['cpu_per_gb']:.2f} |")
+    print(f"\nSELECT * through the ADBC Flight SQL driver next to the plain Flight reads above (median of {args.rounds})\n")
+    print("| read | rows | seconds | Mrows/s | vs C++ IPC |")
+    print("|---|---:|---:|---:|---:|")
+    flights = [(name, {"rows": r["rows"], "mrows": r["mrows"], "secs": r["rows"] / r["mrows"] / 1e6}) for name, r in results]
+    for name, r in [*flights, *sql]:
+        print(f"| {name} | {r['rows']:,} | {r['secs']:.2f} | {r['mrows']:.2f} | {r['mrows'] / peer_rows:.2f} |")
 
 
 if __name__ == "__main__":

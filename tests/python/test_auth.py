@@ -88,3 +88,36 @@ def test_the_readme_query_returns_what_alice_may_see(secure):
     assert len(shipped) == min(len(expected), 1000)
     assert len(shipped) > 0 and set(shipped["status"]) == {"shipped"}
     assert whole["amount"].isna().all(), "amount is masked for alice"
+
+
+def field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (enough to wrap a message in a request message)."""
+    n, varint = len(payload), b""
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        varint += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            break
+    return bytes([number << 3 | 2]) + varint + payload
+
+
+def only_result(client, action, options):
+    return list(client.do_action(action, options=options))[0].body.to_pybytes()
+
+
+def test_cancel_and_renew_are_for_the_tickets_owner(secure):
+    alice, a_opts = login(secure, "alice")
+    bob, b_opts = login(secure, "bob")
+    info = alice.get_flight_info(flight.FlightDescriptor.for_path("logistics", "warehouses"), options=a_opts)
+    cancel = flight.Action("CancelFlightInfo", field(1, info.serialize()))
+    assert only_result(alice, cancel, a_opts) == b"\x08\x01", "CANCEL_STATUS_CANCELLED"
+    with pytest.raises(flight.FlightUnauthorizedError, match="another principal"):
+        only_result(bob, cancel, b_opts)
+
+    renew = flight.Action("RenewFlightEndpoint", field(1, info.endpoints[0].serialize()))
+    renewed = flight.FlightEndpoint.deserialize(only_result(alice, renew, a_opts))
+    assert renewed.ticket.ticket != info.endpoints[0].ticket.ticket
+    assert renewed.expiration_time is not None
+    assert alice.do_get(renewed.ticket, options=a_opts).read_all().num_rows == 24
+    with pytest.raises(flight.FlightUnauthorizedError, match="another principal"):
+        only_result(bob, renew, b_opts)

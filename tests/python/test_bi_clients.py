@@ -2,21 +2,11 @@
 polars reading through an ADBC connection."""
 
 import polars as pl
-import pytest
 import flightsql.sqlalchemy  # noqa: F401 (registers the datafusion+flightsql dialect)
 import sqlalchemy
 from sqlalchemy import inspect, text
 
-from conftest import Server
-from test_flight_sql import connect
-
-
-@pytest.fixture(scope="module")
-def secure(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    s = Server(None, cwd=home, secure=True)
-    yield s
-    s.stop()
+from test_flight_sql import connect, secure  # noqa: F401 (the gateway fixture)
 
 
 def engine(server, user):

@@ -56,6 +56,8 @@ def test_refusals_are_clear(secure):
             query(alice, "CREATE TABLE t AS SELECT 1")
         with pytest.raises(Exception, match="not found"):
             query(alice, "SELECT * FROM sales.nope")
+        with pytest.raises(Exception, match="INVALID_ARGUMENT.*No field named nope"):
+            query(alice, "SELECT nope FROM sales.orders")
         # The connection still works after refusals.
         assert query(alice, "SELECT 1 AS one").column("one").to_pylist() == [1]
 

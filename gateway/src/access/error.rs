@@ -106,6 +106,11 @@ pub enum Error {
         /// Number of shards asked for.
         count: u32,
     },
+    /// A SQL statement calls a table function.
+    #[error(
+        "`{0}(...)` is a table function: statements read the products of the mesh only (catalog `mesh`), not files or generated tables; a domain publishes data through its own pipeline into its product's storage"
+    )]
+    TableFunction(String),
     /// A SQL statement's text is longer than accepted.
     #[error("the statement is {bytes} bytes long; at most {limit} bytes of SQL are accepted")]
     StatementTooLong {
@@ -227,7 +232,9 @@ pub(crate) fn to_status(e: &Error) -> Status {
         Error::GovernanceRefused(_) => internal("the governance files cannot be loaded"),
         Error::NotAQuery => Status::invalid_argument(msg),
         Error::Busy { .. } => Status::resource_exhausted(msg),
-        Error::Shard { .. } | Error::Parameters(_) | Error::StatementTooLong { .. } => Status::invalid_argument(msg),
+        Error::Shard { .. } | Error::Parameters(_) | Error::StatementTooLong { .. } | Error::TableFunction(_) => {
+            Status::invalid_argument(msg)
+        }
         Error::Deadline { .. } => Status::deadline_exceeded(msg),
         Error::TooManyRows { .. } => Status::resource_exhausted(msg),
         Error::Internal(what) => internal(what),
@@ -342,6 +349,7 @@ mod tests {
         assert_eq!(code(Error::Shard { index: 1, count: 2 }), Code::InvalidArgument);
         assert_eq!(code(Error::Parameters("x".into())), Code::InvalidArgument);
         assert_eq!(code(Error::StatementTooLong { bytes: 2, limit: 1 }), Code::InvalidArgument);
+        assert_eq!(code(Error::TableFunction("read_csv".into())), Code::InvalidArgument);
         assert_eq!(code(Error::Deadline { limit: std::time::Duration::from_secs(1) }), Code::DeadlineExceeded);
         assert_eq!(code(Error::TooManyRows { limit: 1 }), Code::ResourceExhausted);
         let raised = Error::execution("a/b", DataFusionError::External(Box::new(Error::TooManyRows { limit: 1 })));

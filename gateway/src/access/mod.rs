@@ -419,6 +419,31 @@ impl AccessCore {
         Ok(IssuedTicket { ticket: self.signer.sign(plan.claims(shard)?, now), expires: now + self.signer.ttl() })
     }
 
+    /// Checks that `ticket` is a ticket of this gateway issued to the caller (expired or not).
+    pub fn check_ticket(&self, call: &Call, ticket: &[u8]) -> Result<()> {
+        let claims = match self.signer.verify(ticket, (self.now)()) {
+            Ok(c) => c,
+            // An expired ticket can no longer start anything: nothing to refuse.
+            Err(crate::ticket::Error::Expired) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if claims.subject != call.principal.subject || claims.issuer != call.principal.issuer {
+            return Err(Error::ForeignTicket);
+        }
+        Ok(())
+    }
+
+    /// The same read as `ticket` (valid, the caller's), signed again with a fresh expiry.
+    pub fn renew_ticket(&self, call: &Call, ticket: &[u8]) -> Result<IssuedTicket> {
+        let now = (self.now)();
+        let mut claims = self.signer.verify(ticket, now)?;
+        if claims.subject != call.principal.subject || claims.issuer != call.principal.issuer {
+            return Err(Error::ForeignTicket);
+        }
+        claims.ticket_id.clear();
+        Ok(IssuedTicket { ticket: self.signer.sign(claims, now), expires: now + self.signer.ttl() })
+    }
+
     /// Signs a Flight SQL session's options (the session cookie's content).
     pub fn seal_session(&self, claims: &meshgate_proto::v1::SessionClaims) -> Vec<u8> {
         self.signer.sign_session(claims)
@@ -661,7 +686,11 @@ impl AccessCore {
         };
         params::number_question_marks(&mut statement)?;
         match &statement {
-            DfStatement::Statement(s) if matches!(**s, SqlStatement::Query(_)) => {}
+            DfStatement::Statement(s) if matches!(**s, SqlStatement::Query(_)) => {
+                if let Some(name) = table_function(s) {
+                    return Err(Error::TableFunction(name));
+                }
+            }
             _ => return Err(Error::NotAQuery),
         }
         let plan = state.statement_to_plan(statement).await.map_err(|e| planning("the statement", e))?;
@@ -717,6 +746,29 @@ fn values_as_rows(plan: LogicalPlan) -> datafusion::error::Result<LogicalPlan> {
         Ok(Transformed::yes(builder.build()?))
     })
     .map(|t| t.data)
+}
+
+/// The first table function a statement calls (`read_parquet('...')`, `generate_series(1, 9)`).
+fn table_function(statement: &SqlStatement) -> Option<String> {
+    use datafusion::sql::sqlparser::ast::{TableFactor, Visit, Visitor};
+    use std::ops::ControlFlow;
+    struct Find;
+    impl Visitor for Find {
+        type Break = String;
+        fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<String> {
+            match t {
+                TableFactor::Table { name, args: Some(_), .. } | TableFactor::Function { name, .. } => {
+                    ControlFlow::Break(name.to_string())
+                }
+                TableFactor::TableFunction { expr, .. } => ControlFlow::Break(expr.to_string()),
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    match statement.visit(&mut Find) {
+        ControlFlow::Break(name) => Some(crate::text::clip(&name)),
+        ControlFlow::Continue(()) => None,
+    }
 }
 
 /// Why `EXPLAIN ANALYZE` is refused.

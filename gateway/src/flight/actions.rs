@@ -1,13 +1,17 @@
-//! Flight actions: `describe`, `health`, `reload`, decoded here and answered by the access core.
-//!
-//! Each returns one result whose body is a JSON document.
+//! Flight actions: `describe`, `health`, `reload` (each answering one JSON document), and
+//! Flight's own `CancelFlightInfo` and `RenewFlightEndpoint` (protobuf), decoded here and
+//! answered by the access core.
 
 use std::sync::Arc;
 
-use arrow_flight::Action;
+use arrow_flight::{
+    Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightEndpoint, RenewFlightEndpointRequest,
+    Ticket,
+};
+use prost::Message;
 use serde_json::Value;
 
-use crate::access::{AccessCore, Error, Result};
+use crate::access::{AccessCore, Call, Error, Result};
 use crate::auth::Principal;
 
 /// Actions offered, with their descriptions (as `ListActions` returns them).
@@ -39,6 +43,50 @@ pub async fn run(core: &Arc<AccessCore>, p: &Principal, action: &Action) -> Resu
         }
     };
     serde_json::to_vec_pretty(&value).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Flight's own actions, answered beside meshgate's.
+pub(crate) const FLIGHT_ACTIONS: &[&str] = &["CancelFlightInfo", "RenewFlightEndpoint"];
+
+/// Runs one of [`FLIGHT_ACTIONS`]; returns the encoded result.
+///
+/// `CancelFlightInfo`: nothing runs between `GetFlightInfo` and `DoGet` (each `DoGet` plans and
+/// executes its own read, and stops when its client cancels the call), so cancelling is
+/// checking that the tickets are the caller's and answering `CANCELLED`.
+/// `RenewFlightEndpoint`: the same read, signed again with a fresh expiry, for the same caller.
+pub(crate) fn flight(core: &AccessCore, call: &Call, action: &Action) -> Result<Vec<u8>> {
+    let bad = |what: &str, e: prost::DecodeError| Error::BadAction(format!("the body is not a {what}: {e}"));
+    match action.r#type.as_str() {
+        "CancelFlightInfo" => {
+            let request =
+                CancelFlightInfoRequest::decode(action.body.as_ref()).map_err(|e| bad("CancelFlightInfoRequest", e))?;
+            let info = request
+                .info
+                .ok_or_else(|| Error::BadAction("CancelFlightInfo needs the FlightInfo to cancel".into()))?;
+            for endpoint in &info.endpoint {
+                if let Some(t) = &endpoint.ticket
+                    && !super::sql::is_metadata_ticket(&t.ticket)
+                {
+                    core.check_ticket(call, &t.ticket)?;
+                }
+            }
+            Ok(CancelFlightInfoResult { status: CancelStatus::Cancelled as i32 }.encode_to_vec())
+        }
+        "RenewFlightEndpoint" => {
+            let request = RenewFlightEndpointRequest::decode(action.body.as_ref())
+                .map_err(|e| bad("RenewFlightEndpointRequest", e))?;
+            let endpoint =
+                request.endpoint.ok_or_else(|| Error::BadAction("RenewFlightEndpoint needs the endpoint".into()))?;
+            let ticket = endpoint.ticket.clone().unwrap_or_default();
+            let issued = core.renew_ticket(call, &ticket.ticket)?;
+            let since = issued.expires.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let renewed = FlightEndpoint { ticket: Some(Ticket::new(issued.ticket)), ..endpoint }.with_expiration_time(
+                prost_types::Timestamp { seconds: since.as_secs() as i64, nanos: since.subsec_nanos() as i32 },
+            );
+            Ok(renewed.encode_to_vec())
+        }
+        other => Err(Error::BadAction(format!("no Flight action `{}`", crate::text::clip(other)))),
+    }
 }
 
 /// Parses a `describe` body into (domain, product, port).

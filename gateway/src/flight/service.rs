@@ -339,7 +339,9 @@ impl FlightService for MeshFlightService {
             }
             return Ok(response);
         }
-        let body = if sql::is_action(&action.r#type) {
+        let body = if actions::FLIGHT_ACTIONS.contains(&action.r#type.as_str()) {
+            self.core.recorded(&call, async { actions::flight(&self.core, &call, action) }).await?
+        } else if sql::is_action(&action.r#type) {
             let cx = self.sql_context(&call, &request)?;
             self.core.recorded(&call, sql::action(&cx, &action.r#type, &action.body)).await?
         } else {

@@ -67,6 +67,12 @@ pub(crate) fn metadata_schema(command: &Command) -> Option<SchemaRef> {
     sql_meta::schema(command)
 }
 
+/// Whether `ticket` holds a Flight SQL metadata command (answered for whoever redeems it)
+/// rather than a signed meshgate ticket.
+pub(crate) fn is_metadata_ticket(ticket: &[u8]) -> bool {
+    matches!(decode(ticket), Some(Ok(c)) if sql_meta::schema(&c).is_some())
+}
+
 /// Answers the metadata command a ticket holds for the caller, or `None` when the ticket is
 /// not one (it is then a signed meshgate ticket).
 pub(crate) async fn metadata_read(core: &Arc<AccessCore>, call: &Call, ticket: &[u8]) -> Option<Result<ReadStream>> {
