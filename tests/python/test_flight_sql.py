@@ -14,6 +14,7 @@ from conftest import Server
 def secure(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     s = Server(None, cwd=home, secure=True)
+    s.home = home
     yield s
     s.stop()
 
@@ -268,3 +269,22 @@ def test_masks_and_row_filters_hold_through_any_sql(secure):
         assert ".parquet" not in plan and ".csv" not in plan and "/mesh" not in plan
         with pytest.raises(Exception, match="EXPLAIN ANALYZE is not served"):
             query(alice, "EXPLAIN ANALYZE SELECT * FROM sales.orders")
+
+
+def test_the_audit_record_names_every_product_column_and_policy(secure):
+    from test_audit import records
+
+    with connect(secure, "alice") as alice:
+        sql = ("SELECT o.region, count(DISTINCT c.email) AS n FROM sales.orders o "
+               "JOIN customers.profiles c ON o.customer_id = c.customer_id GROUP BY o.region")
+        assert column(alice, sql, "region") == ["EMEA"]
+    reads = [r for r in records(secure.home / ".meshgate" / "audit")
+             if r["kind"] == "read" and r["rpc"] == "DoGet" and r["actor"]["sub"] == "alice" and "resources" in r]
+    last = reads[-1]
+    read = {f'{x["domain"]}/{x["product"]}': set(x["columns"]) for x in last["resources"]}
+    assert set(read) == {"sales/orders", "customers/profiles"}, last
+    assert read["sales/orders"] == {"customer_id", "region"}, "the columns each product gave the plan"
+    assert read["customers/profiles"] == {"customer_id", "email"}
+    decision = last["decision"]
+    assert decision["row_filters"] and any("email" in m for m in decision["masks"]), decision
+    assert decision["policy_ids"], decision

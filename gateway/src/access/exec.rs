@@ -16,7 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::{Error, Result};
 use crate::audit::AuditToken;
-use crate::governance::check_guarded;
+use crate::governance::{check_guarded, columns_read};
 
 /// Batches in flight between the execution runtime and the stream sent to the client.
 const CHANNEL_BATCHES: usize = 2;
@@ -52,16 +52,17 @@ impl Executor {
     }
 
     /// Builds the physical plan of `df` (checking, when `guarded`, that every scan kept its
-    /// governance guard) and starts it; batches arrive through the returned stream. Dropping the
-    /// stream stops the execution.
+    /// governance guard) and starts it; batches arrive through the returned stream, with the
+    /// columns the plan reads from each product. Dropping the stream stops the execution.
     pub(crate) async fn start(
         &self,
         df: DataFrame,
         guarded: bool,
         label: String,
-    ) -> Result<impl Stream<Item = Result<RecordBatch, DataFusionError>> + Send + 'static> {
+    ) -> Result<(impl Stream<Item = Result<RecordBatch, DataFusionError>> + Send + 'static, Vec<(String, Vec<String>)>)>
+    {
         let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_BATCHES);
-        let (ready, started) = tokio::sync::oneshot::channel::<Result<()>>();
+        let (ready, started) = tokio::sync::oneshot::channel::<Result<Vec<(String, Vec<String>)>>>();
         self.handle.spawn(async move {
             let task = df.task_ctx();
             let plan = match df.create_physical_plan().await {
@@ -72,11 +73,12 @@ impl Executor {
                 tracing::error!(error = %e, read = %label, "a plan was refused: a scan is not under a governance guard");
                 return drop(ready.send(Err(Error::Internal("the plan could not be verified as governed".into()))));
             }
+            let read = columns_read(&plan);
             let mut batches = match datafusion::physical_plan::execute_stream(plan, std::sync::Arc::new(task)) {
                 Ok(s) => s,
                 Err(e) => return drop(ready.send(Err(Error::execution(label, e)))),
             };
-            if ready.send(Ok(())).is_err() {
+            if ready.send(Ok(read)).is_err() {
                 return;
             }
             loop {
@@ -96,7 +98,7 @@ impl Executor {
             }
         });
         match started.await {
-            Ok(Ok(())) => Ok(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            Ok(Ok(read)) => Ok((tokio_stream::wrappers::ReceiverStream::new(rx), read)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::Internal("the execution task ended before the read started".into())),
         }

@@ -583,22 +583,31 @@ impl AccessCore {
     async fn run(&self, plan: AuthorizedPlan, shard: Shard, mut token: Option<AuditToken>) -> Result<ReadStream> {
         let label = plan.label();
         let statement = matches!(plan.request, ReadRequest::Sql(_));
+        let mut resources = plan.audit_resources();
         let AuthorizedPlan { df, schema, .. } = plan;
         let started = async {
             shard.check()?;
             let permit = Arc::clone(&self.reads)
                 .try_acquire_owned()
                 .map_err(|_| Error::Busy { limit: self.options.max_reads })?;
-            let batches = self.exec.start(df, self.options.governed, label.clone()).await?;
+            let (batches, read) = self.exec.start(df, self.options.governed, label.clone()).await?;
             let limits = if statement { self.options.statements } else { StatementLimits::UNBOUNDED };
-            Ok((permit, limits::bounded(batches, limits)))
+            Ok((permit, limits::bounded(batches, limits), read))
         };
-        let (permit, batches) = match started.await {
+        let (permit, batches, read) = match started.await {
             Ok(x) => x,
             Err(e) => return Err(fail(token, e).await),
         };
-        // Data leaves only once the read's start is on disk.
+        // Data leaves only once the read's start is on disk, naming the columns each product
+        // gives to the plan (not only those returned).
         if let Some(t) = token.as_mut() {
+            for r in &mut resources {
+                let address = format!("{}/{}", r.domain, r.product);
+                if let Some((_, columns)) = read.iter().find(|(source, _)| *source == address) {
+                    r.columns.clone_from(columns);
+                }
+            }
+            t.resources(&resources);
             t.started().await?;
         }
         let batches = exec::audited(batches, token, label.clone(), self.stop.clone(), permit).boxed();

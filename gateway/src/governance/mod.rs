@@ -52,7 +52,7 @@ pub mod table;
 
 pub use mask::MaskStrategy;
 pub use policy::{Action, Policies, ProductAttrs, Resource, Verdict};
-pub use table::{GovernedTable, OutputColumn, check_guarded, explain};
+pub use table::{GovernedTable, OutputColumn, check_guarded, columns_read, explain};
 
 use crate::auth::Principal;
 use crate::catalog::{Port, Product};
@@ -379,7 +379,8 @@ impl Rules {
                 Some(f) => f.and(expr),
             });
         }
-        let table = GovernedTable::try_new(Arc::clone(&port.table), columns, filter, &port.schema)?;
+        let table = GovernedTable::try_new(Arc::clone(&port.table), columns, filter, &port.schema)?
+            .with_source(product.address());
         Ok(Grant { verdict, masks, row_filters: applied, table: Some(Arc::new(table)) })
     }
 }

@@ -44,6 +44,7 @@ pub struct GovernedTable {
     schema: SchemaRef,
     columns: Vec<OutputColumn>,
     row_filter: Option<Expr>,
+    source: String,
 }
 
 impl GovernedTable {
@@ -66,7 +67,13 @@ impl GovernedTable {
         if let Some(f) = &row_filter {
             f.to_field(&inner_schema)?;
         }
-        Ok(Self { inner, schema: Arc::new(Schema::new(fields)), columns, row_filter })
+        Ok(Self { inner, schema: Arc::new(Schema::new(fields)), columns, row_filter, source: String::new() })
+    }
+
+    /// Names what the table serves (`<domain>/<product>`), for plans and audit records.
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.source = source.into();
+        self
     }
 }
 
@@ -112,7 +119,7 @@ impl TableProvider for GovernedTable {
             .map(|i| state.create_physical_expr(self.columns[*i].expr.clone(), &input_schema))
             .collect::<Result<Vec<_>>>()?;
         let schema = Arc::new(self.schema.project(&wanted)?);
-        Ok(Arc::new(GuardExec::new(input, row_filter, exprs, schema)))
+        Ok(Arc::new(GuardExec::new(input, row_filter, exprs, schema, self.source.clone())))
     }
 }
 
@@ -124,6 +131,7 @@ pub struct GuardExec {
     exprs: Vec<Arc<dyn PhysicalExpr>>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
+    source: String,
 }
 
 impl GuardExec {
@@ -132,6 +140,7 @@ impl GuardExec {
         row_filter: Option<Arc<dyn PhysicalExpr>>,
         exprs: Vec<Arc<dyn PhysicalExpr>>,
         schema: SchemaRef,
+        source: String,
     ) -> Self {
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&schema)),
@@ -139,13 +148,18 @@ impl GuardExec {
             input.pipeline_behavior(),
             input.boundedness(),
         ));
-        Self { input, row_filter, exprs, schema, properties }
+        Self { input, row_filter, exprs, schema, properties, source }
     }
 }
 
 impl DisplayAs for GuardExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "GuardExec: row_filter={}, columns={}", self.row_filter.is_some(), self.exprs.len())
+        if !self.source.is_empty() {
+            write!(f, "GuardExec: product={}, ", self.source)?;
+        } else {
+            write!(f, "GuardExec: ")?;
+        }
+        write!(f, "row_filter={}, columns={}", self.row_filter.is_some(), self.exprs.len())
     }
 }
 
@@ -204,6 +218,7 @@ impl ExecutionPlan for GuardExec {
             self.row_filter.clone(),
             self.exprs.clone(),
             Arc::clone(&self.schema),
+            self.source.clone(),
         )))
     }
 
@@ -237,6 +252,37 @@ pub fn explain(plan: &Arc<dyn ExecutionPlan>) -> String {
     }
     let mut out = String::new();
     walk(plan, 0, &mut out);
+    out
+}
+
+/// The columns `plan` reads from each named governed table (`<domain>/<product>`, in plan
+/// order), as its guards serve them: what an audit record says was read.
+pub fn columns_read(plan: &Arc<dyn ExecutionPlan>) -> Vec<(String, Vec<String>)> {
+    fn walk(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<(String, Vec<String>)>) {
+        if let Some(g) = (plan.as_ref() as &dyn Any).downcast_ref::<GuardExec>() {
+            if g.source.is_empty() {
+                return;
+            }
+            let at = match out.iter().position(|(s, _)| *s == g.source) {
+                Some(i) => i,
+                None => {
+                    out.push((g.source.clone(), Vec::new()));
+                    out.len() - 1
+                }
+            };
+            for f in g.schema.fields() {
+                if !out[at].1.contains(f.name()) {
+                    out[at].1.push(f.name().clone());
+                }
+            }
+            return;
+        }
+        for c in plan.children() {
+            walk(c, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(plan, &mut out);
     out
 }
 
