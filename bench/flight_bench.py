@@ -12,7 +12,8 @@ the server's CPU-seconds per GB served (from /proc, over the one-stream rounds).
 
 A second table reads the same table through Flight SQL: `SELECT * FROM tpch.<table>` with the
 ADBC Flight SQL driver (`fetch_arrow_table`, which prepares the statement as BI tools do), next to
-the plain Flight read of the same product and the C++ peer.
+the plain Flight read of the same product and the C++ peer; then TPC-H Q1 and Q6 through ADBC and
+`ListFlights` p50/p99 over 1,000 calls, for meshgate.
 """
 
 import argparse
@@ -164,6 +165,48 @@ def measure_sql(addr: str, table: str, rounds: int) -> dict:
     return {"rows": rows, "mrows": rows / secs / 1e6, "secs": secs}
 
 
+# TPC-H Q1 and Q6 as the specification writes them (validation parameters), over `tpch.<table>`.
+QUERIES = {
+    "Q1": """SELECT l_returnflag, l_linestatus, sum(l_quantity) AS sum_qty,
+        sum(l_extendedprice) AS sum_base_price,
+        sum(l_extendedprice * (1 - l_discount)) AS sum_disc_price,
+        sum(l_extendedprice * (1 - l_discount) * (1 + l_tax)) AS sum_charge,
+        avg(l_quantity) AS avg_qty, avg(l_extendedprice) AS avg_price, avg(l_discount) AS avg_disc,
+        count(*) AS count_order
+        FROM tpch.{table}
+        WHERE l_shipdate <= date '1998-12-01' - interval '90' day
+        GROUP BY l_returnflag, l_linestatus ORDER BY l_returnflag, l_linestatus""",
+    "Q6": """SELECT sum(l_extendedprice * l_discount) AS revenue FROM tpch.{table}
+        WHERE l_shipdate >= date '1994-01-01' AND l_shipdate < date '1995-01-01'
+        AND l_discount BETWEEN 0.05 AND 0.07 AND l_quantity < 24""",
+}
+
+
+def measure_queries(addr: str, table: str, rounds: int) -> dict:
+    """Median seconds of each TPC-H query through ADBC, and ListFlights p50/p99 (ms)."""
+    out = {}
+    with flight_sql.connect(f"grpc://{addr}") as conn:
+        for name, sql in QUERIES.items():
+            def once():
+                t0 = time.perf_counter()
+                with conn.cursor() as cur:
+                    cur.execute(sql.format(table=table))
+                    cur.fetch_arrow_table()
+                return time.perf_counter() - t0
+            once()
+            out[name] = sorted(once() for _ in range(rounds))[rounds // 2]
+    client = flight.connect(f"grpc://{addr}")
+    latencies = []
+    for _ in range(1000):
+        t = time.perf_counter()
+        list(client.list_flights())
+        latencies.append(time.perf_counter() - t)
+    client.close()
+    latencies.sort()
+    out["list_p50_ms"], out["list_p99_ms"] = latencies[500] * 1000, latencies[990] * 1000
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale", default="1")
@@ -187,7 +230,7 @@ def main():
             ("pyarrow C++ Flight, Parquet per request", [*peer, str(parquet), "scan"], flight.FlightDescriptor.for_path("lineitem")),
             ("meshgate, Parquet product", meshgate, flight.FlightDescriptor.for_path("tpch", "lineitem")),
         ]
-        sql = []
+        sql, queries = [], []
         for name, cmd, descriptor in servers:
             proc, addr = start(cmd)
             try:
@@ -195,6 +238,7 @@ def main():
                 if cmd is meshgate:
                     table = descriptor.path[-1].decode()
                     sql.append((f"{name}: Flight SQL (ADBC) SELECT *", measure_sql(addr, table, args.rounds)))
+                    queries.append((name, measure_queries(addr, table, args.rounds)))
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
@@ -213,6 +257,11 @@ def main():
     flights = [(name, {"rows": r["rows"], "mrows": r["mrows"], "secs": r["rows"] / r["mrows"] / 1e6}) for name, r in results]
     for name, r in [*flights, *sql]:
         print(f"| {name} | {r['rows']:,} | {r['secs']:.2f} | {r['mrows']:.2f} | {r['mrows'] / peer_rows:.2f} |")
+    print(f"\nTPC-H queries through ADBC (median of {args.rounds}) and ListFlights over 1,000 calls\n")
+    print("| server | Q1 s | Q6 s | ListFlights p50 ms | p99 ms |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in queries:
+        print(f"| {name} | {r['Q1']:.2f} | {r['Q6']:.2f} | {r['list_p50_ms']:.2f} | {r['list_p99_ms']:.2f} |")
 
 
 if __name__ == "__main__":
