@@ -335,8 +335,14 @@ async fn the_audit_log_is_a_product_only_auditors_see() {
     let actors: Vec<String> = got
         .iter()
         .flat_map(|b| {
-            let sub = b.column_by_name("actor").unwrap().as_struct().column_by_name("sub").unwrap().clone();
-            let sub = sub.as_string::<i32>().clone();
+            let sub = b
+                .column_by_name("actor")
+                .unwrap()
+                .as_struct()
+                .column_by_name("sub")
+                .unwrap()
+                .as_string::<i32>()
+                .clone();
             (0..sub.len()).map(move |i| sub.value(i).to_string()).collect::<Vec<_>>()
         })
         .collect();
