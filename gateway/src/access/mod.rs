@@ -45,6 +45,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use meshgate_proto::v1::TicketClaims;
 use meshgate_proto::v1::ticket_claims::Read;
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -64,7 +65,7 @@ pub use error::{Error, Result};
 pub use limits::StatementLimits;
 pub use listing::{ForeignKey, SYSTEM_SCHEMA, TableEntry, TableKind};
 pub use mesh::{CATALOG, PORT_SEPARATOR, Resolved};
-pub use params::{MAX_BYTES as MAX_PARAMETER_BYTES, MAX_ROWS as MAX_PARAMETER_ROWS};
+pub use params::MAX_BYTES as MAX_PARAMETER_BYTES;
 pub use plan::{AuthorizedPlan, ReadRequest, Shard, SqlRead};
 pub use snapshot::{MeshSnapshot, ReloadReport};
 
@@ -419,27 +420,29 @@ impl AccessCore {
         Ok(IssuedTicket { ticket: self.signer.sign(plan.claims(shard)?, now), expires: now + self.signer.ttl() })
     }
 
-    /// Checks that `ticket` is a ticket of this gateway issued to the caller (expired or not).
-    pub fn check_ticket(&self, call: &Call, ticket: &[u8]) -> Result<()> {
-        let claims = match self.signer.verify(ticket, (self.now)()) {
-            Ok(c) => c,
-            // An expired ticket can no longer start anything: nothing to refuse.
-            Err(crate::ticket::Error::Expired) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
+    /// The claims of a ticket (or prepared statement handle) of this gateway, verified, and
+    /// issued to the caller.
+    fn own_claims(&self, call: &Call, ticket: &[u8]) -> Result<TicketClaims> {
+        let claims = self.signer.verify(ticket, (self.now)())?;
         if claims.subject != call.principal.subject || claims.issuer != call.principal.issuer {
             return Err(Error::ForeignTicket);
         }
-        Ok(())
+        Ok(claims)
+    }
+
+    /// Checks that `ticket` is a ticket of this gateway issued to the caller (expired or not:
+    /// an expired ticket can no longer start anything).
+    pub fn check_ticket(&self, call: &Call, ticket: &[u8]) -> Result<()> {
+        match self.own_claims(call, ticket) {
+            Err(Error::Ticket(crate::ticket::Error::Expired)) => Ok(()),
+            other => other.map(|_| ()),
+        }
     }
 
     /// The same read as `ticket` (valid, the caller's), signed again with a fresh expiry.
     pub fn renew_ticket(&self, call: &Call, ticket: &[u8]) -> Result<IssuedTicket> {
         let now = (self.now)();
-        let mut claims = self.signer.verify(ticket, now)?;
-        if claims.subject != call.principal.subject || claims.issuer != call.principal.issuer {
-            return Err(Error::ForeignTicket);
-        }
+        let mut claims = self.own_claims(call, ticket)?;
         claims.ticket_id.clear();
         Ok(IssuedTicket { ticket: self.signer.sign(claims, now), expires: now + self.signer.ttl() })
     }
@@ -457,42 +460,23 @@ impl AccessCore {
     /// Binds parameter rows to a prepared statement's handle: a new signed handle carrying the
     /// statement and the rows (each row one execution), bound to the same caller.
     pub fn bind(&self, call: &Call, handle: &[u8], rows: &[RecordBatch]) -> Result<Vec<u8>> {
-        let now = (self.now)();
-        let mut claims = self.signer.verify(handle, now)?;
-        if claims.subject != call.principal.subject || claims.issuer != call.principal.issuer {
-            return Err(Error::ForeignTicket);
-        }
+        let mut claims = self.own_claims(call, handle)?;
         let Some(Read::Sql(statement)) = claims.read.as_mut() else {
             return Err(Error::Parameters("only a prepared SQL statement takes parameters".into()));
         };
         statement.parameters = params::encode_batches(rows)?;
         claims.ticket_id.clear();
-        Ok(self.signer.sign(claims, now))
+        Ok(self.signer.sign(claims, (self.now)()))
     }
 
     /// Plans a prepared statement's handle for the caller it was issued to: one plan per bound
     /// parameter row (one when none are bound), each to be read through its own ticket.
     pub async fn prepared(self: &Arc<Self>, call: &Call, handle: &[u8]) -> Result<Vec<AuthorizedPlan>> {
-        let claims = self.signer.verify(handle, (self.now)())?;
-        if claims.subject != call.principal.subject || claims.issuer != call.principal.issuer {
-            return Err(Error::ForeignTicket);
-        }
-        let Some(Read::Sql(statement)) = &claims.read else {
-            return Ok(vec![self.redeem(call, handle, None).await?.0]);
-        };
-        let mut rows = params::decode_rows(&statement.parameters)?;
-        if rows.is_empty() {
-            rows.push(Vec::new());
-        }
-        let mut plans = Vec::with_capacity(rows.len());
-        for row in rows {
-            let read = SqlRead {
-                query: statement.query.clone(),
-                params: Some(row),
-                default_schema: Some(statement.default_schema.clone()).filter(|d| !d.is_empty()),
-                view_types: statement.view_types,
-            };
-            let plan = self.authorize(call, ReadRequest::Sql(read)).await?;
+        let claims = self.own_claims(call, handle)?;
+        let requests = ReadRequest::all_from_claims(&claims)?;
+        let mut plans = Vec::with_capacity(requests.len());
+        for request in requests {
+            let plan = self.authorize(call, request).await?;
             plan.check_fresh(&claims.resources)?;
             plans.push(plan);
         }
@@ -564,13 +548,9 @@ impl AccessCore {
         ticket: &[u8],
         token: Option<&mut AuditToken>,
     ) -> Result<(AuthorizedPlan, Shard)> {
-        let p = &call.principal;
-        let claims = self.signer.verify(ticket, (self.now)())?;
-        if claims.subject != p.subject || claims.issuer != p.issuer {
-            return Err(Error::ForeignTicket);
-        }
+        let claims = self.own_claims(call, ticket)?;
         let request = ReadRequest::from_claims(&claims)?;
-        let plan = self.plan(p.clone(), request).await?;
+        let plan = self.plan(call.principal.clone(), request).await?;
         if let Some(t) = token {
             note(t, &plan, Some(&hex::encode(&claims.ticket_id)));
         }
@@ -657,6 +637,9 @@ impl AccessCore {
     /// parameter values replace the placeholders; view types become classic ones unless asked
     /// for. Returns the frame, its schema and the statement's parameters.
     async fn plan_sql(&self, view: &Arc<PrincipalView>, read: &SqlRead) -> Result<(DataFrame, SchemaRef, SchemaRef)> {
+        if read.query.len() > MAX_STATEMENT_BYTES {
+            return Err(Error::StatementTooLong { bytes: read.query.len(), limit: MAX_STATEMENT_BYTES });
+        }
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog(CATALOG.into(), Arc::new(MeshCatalog(Arc::clone(view))));
         let mut config = self.ctx.copied_config();
@@ -680,9 +663,6 @@ impl AccessCore {
             .with_catalog_list(Arc::new(catalogs))
             .with_table_functions(Default::default())
             .build();
-        if read.query.len() > MAX_STATEMENT_BYTES {
-            return Err(Error::StatementTooLong { bytes: read.query.len(), limit: MAX_STATEMENT_BYTES });
-        }
         let dialect = state.config().options().sql_parser.dialect;
         let mut statement = state.sql_to_statement(&read.query, &dialect).map_err(|e| planning("the statement", e))?;
         let explain = match statement {

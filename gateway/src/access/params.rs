@@ -22,7 +22,7 @@ use std::ops::ControlFlow;
 use super::error::{Error, Result};
 
 /// Most parameter rows one bound handle carries (each is one execution and one endpoint).
-pub const MAX_ROWS: usize = 1000;
+pub(super) const MAX_ROWS: usize = 1000;
 /// Most bytes of parameter values one bound handle carries.
 pub const MAX_BYTES: usize = 1 << 20;
 

@@ -55,30 +55,42 @@ impl ReadRequest {
         Ok(Self::Product(ReadSpec::from_json(cmd)?))
     }
 
-    /// The request a ticket's claims carry.
+    /// The request a ticket's claims carry (exactly one: a handle with several bound
+    /// parameter rows is not a ticket).
     pub(crate) fn from_claims(claims: &TicketClaims) -> Result<Self> {
+        let mut requests = Self::all_from_claims(claims)?;
+        match (requests.pop(), requests.is_empty()) {
+            (Some(one), true) => Ok(one),
+            _ => Err(Error::Parameters(
+                "a handle with several parameter rows is not a ticket; call GetFlightInfo with it".into(),
+            )),
+        }
+    }
+
+    /// The requests signed claims carry: one, or one per parameter row bound to a prepared
+    /// statement's handle.
+    pub(crate) fn all_from_claims(claims: &TicketClaims) -> Result<Vec<Self>> {
         match &claims.read {
-            Some(Read::Product(r)) => Ok(Self::Product(ReadSpec {
+            Some(Read::Product(r)) => Ok(vec![Self::Product(ReadSpec {
                 domain: r.domain.clone(),
                 product: r.product.clone(),
                 port: Some(r.port.clone()).filter(|p| !p.is_empty()),
                 columns: r.columns.clone(),
                 filter: Some(r.filter.clone()).filter(|f| !f.is_empty()),
                 limit: r.limit,
-            })),
+            })]),
             Some(Read::Sql(s)) => {
                 let mut rows = params::decode_rows(&s.parameters)?;
-                if rows.len() > 1 {
-                    return Err(Error::Parameters(
-                        "a handle with several parameter rows is not a ticket; call GetFlightInfo with it".into(),
-                    ));
+                if rows.is_empty() {
+                    rows.push(Vec::new());
                 }
-                Ok(Self::Sql(SqlRead {
+                let read = |row| SqlRead {
                     query: s.query.clone(),
-                    params: Some(rows.pop().unwrap_or_default()),
+                    params: Some(row),
                     default_schema: Some(s.default_schema.clone()).filter(|d| !d.is_empty()),
                     view_types: s.view_types,
-                }))
+                };
+                Ok(rows.into_iter().map(|row| Self::Sql(read(row))).collect())
             }
             None => Err(Error::Ticket(crate::ticket::Error::Malformed)),
         }

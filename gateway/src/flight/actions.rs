@@ -4,10 +4,7 @@
 
 use std::sync::Arc;
 
-use arrow_flight::{
-    Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightEndpoint, RenewFlightEndpointRequest,
-    Ticket,
-};
+use arrow_flight::{Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, RenewFlightEndpointRequest};
 use prost::Message;
 use serde_json::Value;
 
@@ -79,11 +76,7 @@ pub(crate) fn flight(core: &AccessCore, call: &Call, action: &Action) -> Result<
                 request.endpoint.ok_or_else(|| Error::BadAction("RenewFlightEndpoint needs the endpoint".into()))?;
             let ticket = endpoint.ticket.clone().unwrap_or_default();
             let issued = core.renew_ticket(call, &ticket.ticket)?;
-            let since = issued.expires.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            let renewed = FlightEndpoint { ticket: Some(Ticket::new(issued.ticket)), ..endpoint }.with_expiration_time(
-                prost_types::Timestamp { seconds: since.as_secs() as i64, nanos: since.subsec_nanos() as i32 },
-            );
-            Ok(renewed.encode_to_vec())
+            Ok(super::service::endpoint(endpoint, issued).encode_to_vec())
         }
         other => Err(Error::BadAction(format!("no Flight action `{}`", crate::text::clip(other)))),
     }

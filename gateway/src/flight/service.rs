@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::session::{self, Session};
 use super::wire::{self, WireOptions};
 use super::{actions, sql};
-use crate::access::{AccessCore, AuthorizedPlan, Call, Client, Error, ReadRequest, Result, Shard};
+use crate::access::{AccessCore, AuthorizedPlan, Call, Client, Error, IssuedTicket, ReadRequest, Result, Shard};
 use crate::auth::{self, Authenticator, Principal};
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -72,7 +72,7 @@ impl MeshFlightService {
 
     /// How Flight SQL plans for this call: its session (from the cookie) and the defaults.
     fn sql_context<'a, T>(&'a self, call: &'a Call, req: &Request<T>) -> Result<sql::Context<'a>> {
-        let session = Session::from_headers(&self.core, call, &req.metadata().clone().into_headers())?;
+        let session = Session::from_metadata(&self.core, call, req.metadata())?;
         Ok(sql::Context { core: &self.core, call, session, view_types: self.view_types })
     }
 
@@ -100,12 +100,7 @@ impl MeshFlightService {
             .with_ordered(plans.len() > 1)
             .with_app_metadata(serde_json::to_vec(&first.description()).unwrap_or_default());
         for plan in plans {
-            let issued = self.core.ticket(plan, Shard::WHOLE)?;
-            let since = issued.expires.duration_since(UNIX_EPOCH).unwrap_or_default();
-            info =
-                info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(issued.ticket)).with_expiration_time(
-                    prost_types::Timestamp { seconds: since.as_secs() as i64, nanos: since.subsec_nanos() as i32 },
-                ));
+            info = info.with_endpoint(endpoint(FlightEndpoint::new(), self.core.ticket(plan, Shard::WHOLE)?));
         }
         if let [plan] = plans {
             info = info.with_total_records(plan.total_records()).with_total_bytes(plan.total_bytes());
@@ -138,6 +133,15 @@ impl MeshFlightService {
         let plans = self.plan_for(call, req, descriptor).await?;
         self.flight_info(&plans, descriptor.clone())
     }
+}
+
+/// `base` (its locations kept) with the ticket `issued` and that ticket's expiry.
+pub(crate) fn endpoint(base: FlightEndpoint, issued: IssuedTicket) -> FlightEndpoint {
+    let since = issued.expires.duration_since(UNIX_EPOCH).unwrap_or_default();
+    FlightEndpoint { ticket: Some(Ticket::new(issued.ticket)), ..base }.with_expiration_time(prost_types::Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
+    })
 }
 
 /// Maps an error raised mid-stream back to the gateway's errors.
@@ -272,7 +276,7 @@ impl FlightService for MeshFlightService {
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
         let call = call("GetSchema", &request)?;
         let schema = match sql::command(request.get_ref()) {
-            Some(Ok(command)) if sql::metadata_schema(&command).is_some() => sql::metadata_schema(&command),
+            Some(Ok(command)) => sql::metadata_schema(&command),
             _ => None,
         };
         let schema = match schema {
@@ -325,7 +329,7 @@ impl FlightService for MeshFlightService {
         let call = call(&format!("DoAction/{}", crate::text::clip(&action.r#type)), &request)?;
         if session::ACTIONS.contains(&action.r#type.as_str()) {
             let reply = self.core.recorded(&call, async {
-                let current = Session::from_headers(&self.core, &call, &request.metadata().clone().into_headers())?;
+                let current = Session::from_metadata(&self.core, &call, request.metadata())?;
                 session::action(&self.core, &call, current, &action.r#type, &action.body, self.view_types)
             });
             let reply = reply.await?;

@@ -23,6 +23,7 @@ use meshgate_proto::flight::{
 };
 use meshgate_proto::v1::SessionClaims;
 use prost::Message;
+use tonic::metadata::MetadataMap;
 
 use crate::access::{AccessCore, CATALOG, Call, Error, Result, SqlRead};
 
@@ -42,8 +43,8 @@ impl Session {
     /// The session the request's cookie carries, or a fresh one. A cookie that does not verify
     /// or belongs to another caller is refused rather than ignored: statements would silently
     /// resolve names differently.
-    pub(crate) fn from_headers(core: &AccessCore, call: &Call, headers: &http::HeaderMap) -> Result<Self> {
-        let Some(value) = cookie(headers) else { return Ok(Self::default()) };
+    pub(crate) fn from_metadata(core: &AccessCore, call: &Call, metadata: &MetadataMap) -> Result<Self> {
+        let Some(value) = cookie(metadata) else { return Ok(Self::default()) };
         let bad = || {
             Error::BadDescriptor(format!(
                 "the `{COOKIE}` cookie is not a session of this gateway for you; drop it (reconnect) and set the session options again"
@@ -68,9 +69,9 @@ impl Session {
 }
 
 /// The value of the session cookie among the request's `cookie` headers.
-fn cookie(headers: &http::HeaderMap) -> Option<&str> {
-    headers
-        .get_all(http::header::COOKIE)
+fn cookie(metadata: &MetadataMap) -> Option<&str> {
+    metadata
+        .get_all("cookie")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
@@ -183,13 +184,13 @@ mod tests {
 
     #[test]
     fn the_cookie_is_found_among_others() {
-        let mut h = http::HeaderMap::new();
-        h.append(http::header::COOKIE, "a=1; meshgate_session=abc_-; b=2".parse().unwrap());
+        let mut h = MetadataMap::new();
+        h.append("cookie", "a=1; meshgate_session=abc_-; b=2".parse().unwrap());
         assert_eq!(cookie(&h), Some("abc_-"));
-        let mut two = http::HeaderMap::new();
-        two.append(http::header::COOKIE, "a=1".parse().unwrap());
-        two.append(http::header::COOKIE, "meshgate_session=xyz".parse().unwrap());
+        let mut two = MetadataMap::new();
+        two.append("cookie", "a=1".parse().unwrap());
+        two.append("cookie", "meshgate_session=xyz".parse().unwrap());
         assert_eq!(cookie(&two), Some("xyz"));
-        assert_eq!(cookie(&http::HeaderMap::new()), None);
+        assert_eq!(cookie(&MetadataMap::new()), None);
     }
 }

@@ -31,8 +31,7 @@ use prost::Message;
 use super::session::Session;
 use super::sql_meta;
 use crate::access::{
-    AccessCore, AuthorizedPlan, Call, Error, MAX_PARAMETER_BYTES, MAX_PARAMETER_ROWS, ReadRequest, ReadStream, Result,
-    Shard,
+    AccessCore, AuthorizedPlan, Call, Error, MAX_PARAMETER_BYTES, ReadRequest, ReadStream, Result, Shard,
 };
 
 /// Prefix of every Flight SQL message's type URL.
@@ -133,15 +132,16 @@ pub(crate) async fn bind(
     };
     let data = futures::stream::once(async { Ok(first) }).chain(rest).map_err(|e| FlightError::Tonic(Box::new(e)));
     let mut batches = FlightRecordBatchStream::new_from_flight_data(data);
-    let (mut rows, mut bytes, mut bound) = (0usize, 0usize, Vec::<RecordBatch>::new());
+    // Stop reading early when a client streams far more than can be bound; the exact row and
+    // byte limits are checked when the rows are signed into the handle.
+    let (mut held, mut bound) = (0usize, Vec::<RecordBatch>::new());
     while let Some(batch) =
         batches.try_next().await.map_err(|e| Error::Parameters(format!("the parameter batches do not decode: {e}")))?
     {
-        rows += batch.num_rows();
-        bytes += batch.get_array_memory_size();
-        if rows > MAX_PARAMETER_ROWS || bytes > 4 * MAX_PARAMETER_BYTES {
+        held += batch.get_array_memory_size();
+        if held > 4 * MAX_PARAMETER_BYTES {
             return Err(Error::Parameters(format!(
-                "at most {MAX_PARAMETER_ROWS} parameter rows ({MAX_PARAMETER_BYTES} bytes) are bound at once; bind them in several batches"
+                "at most {MAX_PARAMETER_BYTES} bytes of parameter values are bound at once; bind them in several batches"
             )));
         }
         bound.push(batch);
