@@ -2,11 +2,19 @@
 //!
 //! Every product a request reads is wrapped in a [`GovernedTable`]. Its scan puts a
 //! [`GuardExec`] directly on top of the adapter's scan: the guard applies the row filter first,
-//! then the masks, and only its output is visible to anything the caller wrote. The table
-//! accepts no filter pushdown, and the guard lets no filter pass through it, so a caller's
-//! predicate runs only on rows the caller may see and only on masked values: an expression that
-//! errors on a hidden row never meets one. [`check_guarded`] walks the final physical plan and
-//! fails closed if any scan lost its guard.
+//! then the masks, and only its output is visible to anything the caller wrote. The guard lets
+//! no filter pass through it, so a caller's predicate runs only on rows the caller may see and
+//! only on masked values: an expression that errors on a hidden row never meets one.
+//! [`check_guarded`] walks the final physical plan and fails closed if any scan lost its guard.
+//!
+//! # Pushdown under the guard
+//! The storage still prunes. The policy's row filter is trusted and is handed to the adapter's
+//! scan (partition pruning, Parquet statistics, a `WHERE` sent to a database), and the guard
+//! applies it again to what comes back. A caller's predicate goes below the guard only when it
+//! is [`leakproof`]: built from comparisons, `IN`, `BETWEEN`, `IS [NOT] NULL`, `NOT`, `AND` and
+//! `OR` of *unmasked* columns against literals. Such a predicate cannot raise an error or show a
+//! value, whichever rows it meets; it only lets the storage skip data. It is also kept above
+//! the guard (DataFusion's `Inexact`), so the rows a caller gets are exactly as without it.
 
 use std::any::Any;
 use std::fmt;
@@ -87,22 +95,30 @@ impl TableProvider for GovernedTable {
         TableType::View
     }
 
-    /// No caller filter goes below the guard.
+    /// Leakproof caller filters go to the storage too, for pruning; they are still applied above
+    /// the guard (`Inexact`). Every other filter stays above the guard only.
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
+        Ok(filters
+            .iter()
+            .map(|f| match leakproof(f, &|c| self.unmasked(c)) {
+                true => TableProviderFilterPushDown::Inexact,
+                false => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect())
     }
 
     async fn scan(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let wanted: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..self.columns.len()).collect());
         let inner_schema = self.inner.schema();
+        let (pushed, to_apply) = self.storage_filters(filters)?;
         let mut needed = std::collections::BTreeSet::new();
-        for e in wanted.iter().map(|i| &self.columns[*i].expr).chain(self.row_filter.iter()) {
+        for e in wanted.iter().map(|i| &self.columns[*i].expr).chain(self.row_filter.iter()).chain(to_apply.iter()) {
             for c in e.column_refs() {
                 needed.insert(inner_schema.index_of(&c.name)?);
             }
@@ -110,8 +126,15 @@ impl TableProvider for GovernedTable {
         let needed: Vec<usize> = needed.into_iter().collect();
         // A limit may only go below the guard when the guard drops no rows.
         let inner_limit = if self.row_filter.is_none() { limit } else { None };
-        let input = self.inner.scan(state, Some(&needed), &[], inner_limit).await?;
+        let mut input = self.inner.scan(state, Some(&needed), &pushed, inner_limit).await?;
         let input_schema = DFSchema::try_from(input.schema())?;
+        // Filters the storage takes inexactly are evaluated right on its output, below the
+        // guard, where DataFusion's physical filter pushdown hands them to the scan itself
+        // (Parquet statistics and page index).
+        if let Some(f) = datafusion::logical_expr::utils::conjunction(to_apply) {
+            let predicate = state.create_physical_expr(f, &input_schema)?;
+            input = Arc::new(datafusion::physical_plan::filter::FilterExec::try_new(predicate, input)?);
+        }
         let row_filter =
             self.row_filter.as_ref().map(|e| state.create_physical_expr(e.clone(), &input_schema)).transpose()?;
         let exprs = wanted
@@ -120,6 +143,95 @@ impl TableProvider for GovernedTable {
             .collect::<Result<Vec<_>>>()?;
         let schema = Arc::new(self.schema.project(&wanted)?);
         Ok(Arc::new(GuardExec::new(input, row_filter, exprs, schema, self.source.clone())))
+    }
+}
+
+impl GovernedTable {
+    /// Whether output column `name` is served unmasked: the storage's column of that name.
+    fn unmasked(&self, name: &str) -> bool {
+        self.columns.iter().any(|c| c.name == name && matches!(&c.expr, Expr::Column(col) if col.name == name))
+    }
+
+    /// What the storage scan is given: the row filter's conjuncts and the caller's (leakproof,
+    /// checked again here) filters, each only where the storage says it can use it; and of
+    /// those, the ones the storage applies inexactly, which must still be evaluated on its output.
+    fn storage_filters(&self, caller: &[Expr]) -> Result<(Vec<Expr>, Vec<Expr>)> {
+        let mut candidates: Vec<Expr> = self
+            .row_filter
+            .as_ref()
+            .map(|f| datafusion::logical_expr::utils::split_conjunction(f).into_iter().cloned().collect())
+            .unwrap_or_default();
+        candidates.extend(caller.iter().filter(|f| leakproof(f, &|c| self.unmasked(c))).map(unqualify));
+        let refs: Vec<&Expr> = candidates.iter().collect();
+        let support = self.inner.supports_filters_pushdown(&refs)?;
+        let (mut pushed, mut inexact) = (Vec::new(), Vec::new());
+        for (f, s) in candidates.into_iter().zip(support) {
+            match s {
+                TableProviderFilterPushDown::Exact => pushed.push(f),
+                TableProviderFilterPushDown::Inexact => {
+                    inexact.push(f.clone());
+                    pushed.push(f);
+                }
+                TableProviderFilterPushDown::Unsupported => {}
+            }
+        }
+        Ok((pushed, inexact))
+    }
+}
+
+/// `e` with its columns' table qualifiers removed: the storage names its columns bare.
+fn unqualify(e: &Expr) -> Expr {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    e.clone()
+        .transform(|e| match e {
+            Expr::Column(c) if c.relation.is_some() => {
+                Ok(Transformed::yes(Expr::Column(datafusion::common::Column::new_unqualified(c.name))))
+            }
+            other => Ok(Transformed::no(other)),
+        })
+        .map(|t| t.data)
+        .unwrap_or_else(|_| e.clone())
+}
+
+/// Whether `e` may run on rows the caller cannot see: it raises no error and computes no value
+/// from any column, whatever the data. The allow-list (like PostgreSQL's leakproof functions):
+/// `=`, `<>`, `<`, `<=`, `>`, `>=`, `IS [NOT] DISTINCT FROM` between a column and a literal;
+/// `IN (literals)`; `BETWEEN literal AND literal`; `IS [NOT] NULL`, `IS [NOT] TRUE/FALSE`; a
+/// bare boolean column; `NOT`, `AND`, `OR` of those. Every column must satisfy `unmasked`.
+pub fn leakproof(e: &Expr, unmasked: &dyn Fn(&str) -> bool) -> bool {
+    use datafusion::logical_expr::{Between, BinaryExpr, Operator};
+    let column = |e: &Expr| matches!(e, Expr::Column(c) if unmasked(&c.name));
+    let literal = |e: &Expr| matches!(e, Expr::Literal(..));
+    match e {
+        Expr::Column(_) => column(e),
+        Expr::BinaryExpr(BinaryExpr { left, op: Operator::And | Operator::Or, right }) => {
+            leakproof(left, unmasked) && leakproof(right, unmasked)
+        }
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            matches!(
+                op,
+                Operator::Eq
+                    | Operator::NotEq
+                    | Operator::Lt
+                    | Operator::LtEq
+                    | Operator::Gt
+                    | Operator::GtEq
+                    | Operator::IsDistinctFrom
+                    | Operator::IsNotDistinctFrom
+            ) && ((column(left) && literal(right)) || (literal(left) && column(right)))
+        }
+        Expr::InList(l) => column(&l.expr) && l.list.iter().all(literal),
+        Expr::Between(Between { expr, low, high, .. }) => column(expr) && literal(low) && literal(high),
+        Expr::IsNull(x)
+        | Expr::IsNotNull(x)
+        | Expr::IsTrue(x)
+        | Expr::IsFalse(x)
+        | Expr::IsNotTrue(x)
+        | Expr::IsNotFalse(x)
+        | Expr::IsUnknown(x)
+        | Expr::IsNotUnknown(x) => column(x),
+        Expr::Not(x) => leakproof(x, unmasked),
+        _ => false,
     }
 }
 
@@ -301,4 +413,163 @@ pub fn check_guarded(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
         };
     }
     children.into_iter().try_for_each(check_guarded)
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::DataType;
+    use datafusion::common::ScalarValue;
+    use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+    use datafusion::datasource::physical_plan::FileScanConfig;
+    use datafusion::datasource::source::DataSourceExec;
+    use datafusion::logical_expr::{cast, col, lit};
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+    use std::ops::Not;
+
+    fn unmasked(name: &str) -> bool {
+        name != "email"
+    }
+
+    #[test]
+    fn only_leakproof_predicates_of_unmasked_columns_go_below() {
+        let ok = [
+            col("amount").gt(lit(100i64)),
+            lit(5i64).lt_eq(col("amount")),
+            col("region").in_list(vec![lit("EMEA"), lit("AMER")], true),
+            col("amount").between(lit(1i64), lit(9i64)),
+            col("region").is_null().or(col("amount").not_eq(lit(3i64))).not(),
+            col("flag"),
+            col("flag").is_not_true(),
+        ];
+        for e in &ok {
+            assert!(leakproof(e, &unmasked), "{e}");
+        }
+        let refused = [
+            // a masked column, even in a harmless comparison
+            col("email").eq(lit("a@b.c")),
+            col("amount").gt(lit(1i64)).and(col("email").is_null()),
+            // arithmetic and casts can raise errors on hidden rows
+            (lit(1i64) / col("amount")).gt(lit(0i64)),
+            cast(col("region"), DataType::Int64).eq(lit(1i64)),
+            // functions compute values; column against column; LIKE
+            datafusion::functions::expr_fn::length(col("region")).gt(lit(3i64)),
+            col("amount").eq(col("other")),
+            col("region").like(lit("E%")),
+            col("region").in_list(vec![col("other")], false),
+        ];
+        for e in &refused {
+            assert!(!leakproof(e, &unmasked), "{e}");
+        }
+    }
+
+    /// A hive-partitioned Parquet folder: `region=<r>/part-<n>.parquet`, two files per region
+    /// whose `amount` ranges do not overlap (0..50 and 1000..1050).
+    fn partitioned(dir: &std::path::Path) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("amount", DataType::Int64, false),
+            Field::new("email", DataType::Utf8, true),
+        ]));
+        for region in ["EMEA", "AMER", "APAC"] {
+            let folder = dir.join(format!("region={region}"));
+            std::fs::create_dir_all(&folder).unwrap();
+            for (n, base) in [(0, 0i64), (1, 1000)] {
+                let amounts: Vec<i64> = (base..base + 50).collect();
+                let batch = RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![
+                        Arc::new(Int64Array::from_iter_values(0..50)),
+                        Arc::new(Int64Array::from(amounts)),
+                        Arc::new(StringArray::from_iter_values((0..50).map(|i| format!("u{i}@x.org")))),
+                    ],
+                )
+                .unwrap();
+                let file = std::fs::File::create(folder.join(format!("part-{n}.parquet"))).unwrap();
+                let mut w = ArrowWriter::try_new(file, Arc::clone(&schema), None).unwrap();
+                w.write(&batch).unwrap();
+                w.close().unwrap();
+            }
+        }
+    }
+
+    /// Files the plan's storage scans open, and the rows they produced once run.
+    fn scanned(plan: &Arc<dyn ExecutionPlan>) -> (usize, usize) {
+        if let Some(ds) = (plan.as_ref() as &dyn Any).downcast_ref::<DataSourceExec>() {
+            let files = ds
+                .data_source()
+                .downcast_ref::<FileScanConfig>()
+                .map(|c| c.file_groups.iter().map(|g| g.len()).sum())
+                .unwrap_or(0);
+            let rows = ds.metrics().and_then(|m| m.output_rows()).unwrap_or(0);
+            return (files, rows);
+        }
+        plan.children().into_iter().map(scanned).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
+    async fn governed(dir: &std::path::Path, ctx: &SessionContext, masked: bool) -> GovernedTable {
+        let url = ListingTableUrl::parse(format!("{}/", dir.display())).unwrap();
+        let options =
+            ListingOptions::new(Arc::new(datafusion::datasource::file_format::parquet::ParquetFormat::default()))
+                .with_file_extension(".parquet")
+                .with_table_partition_cols(vec![("region".to_string(), DataType::Utf8)]);
+        let config =
+            ListingTableConfig::new(url).with_listing_options(options).infer_schema(&ctx.state()).await.unwrap();
+        let inner: Arc<dyn TableProvider> = Arc::new(ListingTable::try_new(config).unwrap());
+        let contract = inner.schema();
+        let columns = ["id", "amount", "email", "region"]
+            .into_iter()
+            .map(|n| OutputColumn {
+                name: n.into(),
+                expr: if masked && n == "email" { lit(ScalarValue::Utf8(None)) } else { col(n) },
+            })
+            .collect();
+        GovernedTable::try_new(inner, columns, Some(col("region").eq(lit("EMEA"))), &contract).unwrap()
+    }
+
+    async fn run(ctx: &SessionContext, sql: &str) -> (Vec<RecordBatch>, usize, usize) {
+        let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+        check_guarded(&plan).unwrap();
+        let batches = datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
+        let (files, rows) = scanned(&plan);
+        (batches, files, rows)
+    }
+
+    #[tokio::test]
+    async fn the_row_filter_prunes_partitions_and_leakproof_filters_prune_files() {
+        let dir = tempfile::tempdir().unwrap();
+        partitioned(dir.path());
+        let ctx = SessionContext::new();
+        ctx.register_table("orders", Arc::new(governed(dir.path(), &ctx, true).await)).unwrap();
+
+        // The row filter reaches the listing: only EMEA's two files are opened.
+        let (batches, files, rows) = run(&ctx, "SELECT * FROM orders").await;
+        assert_eq!((files, rows), (2, 100));
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 100);
+
+        // A leakproof caller filter on an unmasked column prunes with Parquet statistics.
+        let (batches, files, rows) = run(&ctx, "SELECT id FROM orders WHERE amount >= 1000").await;
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 50);
+        assert_eq!(files, 2, "both EMEA files are listed");
+        assert_eq!(rows, 50, "the file of small amounts is skipped by its statistics");
+
+        // A caller asking for another region's partition gets nothing, and reads nothing more.
+        let (batches, files, _) = run(&ctx, "SELECT id FROM orders WHERE region = 'AMER'").await;
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+        assert!(files <= 2, "{files}");
+
+        // A filter on a masked column stays above the guard: the storage reads every EMEA row
+        // and the filter sees only the masked (null) values.
+        let (batches, _, rows) = run(&ctx, "SELECT id FROM orders WHERE email = 'u1@x.org'").await;
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+        assert_eq!(rows, 100);
+
+        // An expression that could raise an error (arithmetic) stays above the guard as well.
+        let (batches, _, rows) = run(&ctx, "SELECT id FROM orders WHERE 1000 / (amount + 1) > 0").await;
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 50);
+        assert_eq!(rows, 100);
+    }
 }
