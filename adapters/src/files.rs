@@ -3,8 +3,10 @@
 //! listing tables over `object_store`.
 //!
 //! Locations are paths relative to the product's folder (they may not leave it), absolute paths,
-//! or URLs (`file://` now; `s3://`, `gs://`, `az://` once their object stores are registered in
-//! the session's runtime: the code path is the same).
+//! or URLs: `file://`, and `s3://`, `gs://`, `az://`, `http(s)://` in a store the operator
+//! configured and opened to the product's domain ([`crate::stores`]). Listings of remote
+//! locations are cached (see [`crate::stores::RemoteListings`]) and dropped when the product is
+//! re-opened.
 //!
 //! Projection, filter and limit pushdown come from the listing table: Parquet prunes row groups
 //! and pages with statistics, every format reads only the projected columns it can and stops at
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::Statistics;
+use datafusion::common::{Statistics, TableReference};
 use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::csv::CsvFormat;
@@ -29,7 +31,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 use serde::Deserialize;
 
-use crate::{Adapter, Binding, Error, Health, OpenContext, Result};
+use crate::{Adapter, Binding, Error, Health, OpenContext, Opened, Result, StorageHandle};
 
 /// Binding of the `files` adapter.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -191,8 +193,12 @@ pub fn resolve_location(location: &str, ctx: &OpenContext) -> Result<ListingTabl
             if path.components().any(|c| c == Component::ParentDir) || !ctx.allows(&path) {
                 return Err(outside());
             }
+            return Ok(url);
         }
-        return Ok(url);
+        ctx.stores.check(url.get_url(), &ctx.domain)?;
+        // Naming the table makes its listing cacheable (remote listings only).
+        let name = TableReference::bare(url.as_str());
+        return Ok(url.with_table_ref(name));
     }
     let rel = Path::new(location);
     if rel.components().any(|c| c == Component::ParentDir) {
@@ -219,11 +225,17 @@ impl Adapter for FilesAdapter {
         "files"
     }
 
-    async fn open(&self, binding: &Binding, ctx: &OpenContext) -> Result<Arc<dyn TableProvider>> {
+    async fn open(&self, binding: &Binding, ctx: &OpenContext) -> Result<Opened> {
         let Binding::Files(b) = binding else {
             return Err(Error::InvalidBinding(format!("files adapter given a {} binding", binding.kind())));
         };
         let url = resolve_location(&b.location, ctx)?;
+        if let (Some(name), Some(cache)) =
+            (url.get_table_ref(), ctx.state.runtime_env().cache_manager.get_list_files_cache())
+        {
+            // Re-opening a product lists its files afresh.
+            cache.drop_table_entries(name)?;
+        }
         let extension = b.extension();
         let mut options = ListingOptions::new(b.format(&ctx.state)?).with_file_extension(extension.clone());
         let table = FilesTable { inner: None, url: url.clone(), extension, location: b.location.clone() };
@@ -245,14 +257,16 @@ impl Adapter for FilesAdapter {
             config = config.with_schema(served);
         }
         let inner = ListingTable::try_new(config)?;
-        Ok(Arc::new(FilesTable { inner: Some(inner), ..table }))
+        let table = Arc::new(FilesTable { inner: Some(inner), ..table });
+        Ok(Opened { table: Arc::clone(&table) as Arc<dyn TableProvider>, storage: table })
     }
+}
 
-    async fn health(&self, table: &Arc<dyn TableProvider>, ctx: &OpenContext) -> Health {
-        let Some(t) = table.downcast_ref::<FilesTable>() else {
-            return Health::Unavailable { reason: "table was not opened by the files adapter".into() };
-        };
-        match t.check_present(&ctx.state).await {
+#[async_trait]
+impl StorageHandle for FilesTable {
+    /// One listing of the location (cached for remote stores).
+    async fn health(&self, state: &SessionState) -> Health {
+        match self.check_present(state).await {
             Ok(()) => Health::Ok,
             Err(e) => Health::Unavailable { reason: e.to_string() },
         }
@@ -280,19 +294,49 @@ impl FilesTable {
             .runtime_env()
             .object_store(&self.url)
             .map_err(|_| unavailable("uses a scheme with no object store registered"))?;
-        let mut files = self.url.list_all_files(state, store.as_ref(), &self.extension).await.map_err(|e| {
+        let failed = |e: datafusion::error::DataFusionError| {
             tracing::warn!(location = %self.location, error = %e, "listing failed");
-            unavailable("cannot be listed")
-        })?;
+            unavailable(listing_failure(&e))
+        };
+        let mut files = self.url.list_all_files(state, store.as_ref(), &self.extension).await.map_err(failed)?;
         match files.next().await {
             Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => {
-                tracing::warn!(location = %self.location, error = %e, "listing failed");
-                Err(unavailable("cannot be listed"))
-            }
+            Some(Err(e)) => Err(failed(e)),
             None => Err(unavailable(&format!("holds no `*{}` files", self.extension))),
         }
     }
+}
+
+/// Why a listing failed, in words safe for clients (no store internals, no credentials).
+///
+/// `object_store` reports most HTTP failures of cloud stores as `Generic` with the status only in
+/// its message (its retry error type is private), so the status is read from there.
+fn listing_failure(e: &datafusion::error::DataFusionError) -> &'static str {
+    const MISSING: &str = "cannot be listed: the bucket or path does not exist";
+    const REFUSED: &str = "cannot be listed: the store refused the gateway's credentials";
+    const DENIED: &str = "cannot be listed: the gateway's credentials may not read it";
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(os) = err.downcast_ref::<object_store::Error>() {
+            return match os {
+                object_store::Error::NotFound { .. } => MISSING,
+                object_store::Error::Unauthenticated { .. } => REFUSED,
+                object_store::Error::PermissionDenied { .. } => DENIED,
+                other => {
+                    let text = other.to_string();
+                    if text.contains("status code: 404") {
+                        MISSING
+                    } else if text.contains("status code: 401") || text.contains("status code: 403") {
+                        REFUSED
+                    } else {
+                        "cannot be listed: the store failed or did not answer in time"
+                    }
+                }
+            };
+        }
+        cur = err.source();
+    }
+    "cannot be listed"
 }
 
 #[async_trait]

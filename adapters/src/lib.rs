@@ -6,12 +6,16 @@
 //! from DataFusion through that one seam.
 //!
 //! - [`Binding`]: the closed, serde-tagged set of storage kinds ([`binding`]).
-//! - [`Adapter`]: the behaviour each kind implements (open a table, report health).
+//! - [`Adapter`]: the behaviour each kind implements: open a binding as an [`Opened`] table,
+//!   whose [`StorageHandle`] reports health and is closed when the product goes away.
 //! - [`AdapterRegistry`]: maps a binding to its adapter.
 //! - [`files`]: Parquet, CSV, newline-delimited JSON and Arrow IPC through DataFusion listing
 //!   tables over `object_store`.
 //! - [`ipc`]: Arrow IPC files read block by block (the `files` adapter's IPC reader).
 //! - [`memory`]: in-memory record batches, for tests and embedding.
+//! - [`stores`]: object stores (S3, GCS, Azure, HTTP) built from the operator's configuration,
+//!   and the listing cache for remote locations.
+//! - [`secret`]: credentials named by reference, never written in clear.
 //!
 //! Adding a storage kind is one module here, one [`Binding`] variant and one registry line; see
 //! the checklist in [`binding`].
@@ -31,10 +35,13 @@ pub mod files;
 pub mod ipc;
 pub mod memory;
 mod registry;
+pub mod secret;
+pub mod stores;
 
 pub use binding::Binding;
 pub use error::{Error, Result};
 pub use registry::AdapterRegistry;
+pub use stores::ObjectStores;
 
 /// What an adapter may use while opening a binding.
 #[derive(Debug, Clone)]
@@ -49,6 +56,10 @@ pub struct OpenContext {
     /// Folders (canonical) outside the product folder that local bindings may read; see
     /// [`OpenContext::allows`].
     pub storage_roots: Arc<[PathBuf]>,
+    /// The remote stores bindings may read ([`ObjectStores::check`]).
+    pub stores: Arc<ObjectStores>,
+    /// The product's domain: the name of the folder holding the product folder.
+    pub domain: String,
 }
 
 impl OpenContext {
@@ -56,7 +67,25 @@ impl OpenContext {
     /// files only inside `product_dir`.
     pub fn new(product_dir: PathBuf, state: SessionState) -> Self {
         let string_types = StringTypes::of_session(&state);
-        Self { product_dir, state, string_types, storage_roots: Arc::from(Vec::new()) }
+        let domain = product_dir
+            .parent()
+            .and_then(|d| d.file_name())
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Self {
+            product_dir,
+            state,
+            string_types,
+            storage_roots: Arc::from(Vec::new()),
+            stores: Arc::new(ObjectStores::default()),
+            domain,
+        }
+    }
+
+    /// Also allows the remote locations of `stores`.
+    pub fn with_stores(mut self, stores: Arc<ObjectStores>) -> Self {
+        self.stores = stores;
+        self
     }
 
     /// Also allows local files inside `roots` (canonical paths).
@@ -208,10 +237,42 @@ pub enum Health {
     },
 }
 
+/// What the gateway asks of an opened table's storage besides reading it.
+#[async_trait]
+pub trait StorageHandle: Debug + Send + Sync {
+    /// One cheap probe that the data can be read now (a listing, a `SELECT 1`). The gateway
+    /// bounds it with a timeout and caches the answer; it must not read the data.
+    async fn health(&self, state: &SessionState) -> Health;
+
+    /// Releases what the storage holds (pools, connections) once the product it serves has gone
+    /// away: re-opened with new manifests or removed, and no read uses it any more.
+    async fn close(&self) {}
+}
+
+/// Storage that is always readable and holds nothing to release (data in memory).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct InMemoryStorage;
+
+#[async_trait]
+impl StorageHandle for InMemoryStorage {
+    async fn health(&self, _state: &SessionState) -> Health {
+        Health::Ok
+    }
+}
+
+/// A binding opened by its adapter.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// The data, for DataFusion.
+    pub table: Arc<dyn TableProvider>,
+    /// Its storage's health and lifecycle.
+    pub storage: Arc<dyn StorageHandle>,
+}
+
 /// One storage kind.
 ///
 /// Implementations are cheap to share (`Arc<dyn Adapter>`) and hold no per-product state: the
-/// [`TableProvider`] they return does.
+/// [`Opened`] table they return does.
 #[async_trait]
 pub trait Adapter: Debug + Send + Sync {
     /// Name of the kind, as written in the binding's `adapter` field.
@@ -220,8 +281,5 @@ pub trait Adapter: Debug + Send + Sync {
     /// Opens `binding` as a table. Called when the catalog loads a product; reading the returned
     /// provider must fail with [`Error::Unavailable`] (wrapped in a DataFusion error) when the data
     /// disappears later, never panic.
-    async fn open(&self, binding: &Binding, ctx: &OpenContext) -> Result<Arc<dyn TableProvider>>;
-
-    /// Checks that the data behind an opened table is reachable now.
-    async fn health(&self, table: &Arc<dyn TableProvider>, ctx: &OpenContext) -> Health;
+    async fn open(&self, binding: &Binding, ctx: &OpenContext) -> Result<Opened>;
 }

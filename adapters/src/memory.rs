@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use datafusion::catalog::{MemTable, TableProvider};
 use serde::Deserialize;
 
-use crate::{Adapter, Binding, Error, Health, OpenContext, Result};
+use crate::{Adapter, Binding, Error, InMemoryStorage, OpenContext, Opened, Result};
 
 /// Binding of the `memory` adapter.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -46,7 +46,7 @@ impl Adapter for MemoryAdapter {
         "memory"
     }
 
-    async fn open(&self, binding: &Binding, ctx: &OpenContext) -> Result<Arc<dyn TableProvider>> {
+    async fn open(&self, binding: &Binding, ctx: &OpenContext) -> Result<Opened> {
         let Binding::Memory(b) = binding else {
             return Err(Error::InvalidBinding(format!("memory adapter given a {} binding", binding.kind())));
         };
@@ -54,8 +54,8 @@ impl Adapter for MemoryAdapter {
         let Some(table) = table else {
             return Err(Error::Unavailable(format!("no in-memory dataset named `{}` is registered", b.dataset)));
         };
-        match ctx.string_types.apply(&table.schema()) {
-            None => Ok(table as Arc<dyn TableProvider>),
+        let table: Arc<dyn TableProvider> = match ctx.string_types.apply(&table.schema()) {
+            None => table,
             Some(served) => {
                 // Datasets are small and registered once: cast a copy when opened.
                 let mut parts = Vec::new();
@@ -66,13 +66,10 @@ impl Adapter for MemoryAdapter {
                     }
                     parts.push(batches);
                 }
-                Ok(Arc::new(MemTable::try_new(served, parts)?))
+                Arc::new(MemTable::try_new(served, parts)?)
             }
-        }
-    }
-
-    async fn health(&self, _table: &Arc<dyn TableProvider>, _ctx: &OpenContext) -> Health {
-        Health::Ok
+        };
+        Ok(Opened { table, storage: Arc::new(InMemoryStorage) })
     }
 }
 
@@ -103,7 +100,8 @@ mod tests {
         a.register("t", Arc::clone(&schema), vec![batch]).unwrap();
         let ctx = OpenContext::new("/".into(), SessionContext::new().state());
         let t = a.open(&Binding::Memory(MemoryBinding { dataset: "t".into() }), &ctx).await.unwrap();
-        assert_eq!(t.schema(), schema);
+        assert_eq!(t.table.schema(), schema);
+        assert_eq!(t.storage.health(&ctx.state).await, crate::Health::Ok);
         let missing = a.open(&Binding::Memory(MemoryBinding { dataset: "u".into() }), &ctx).await;
         assert!(matches!(missing, Err(Error::Unavailable(_))));
     }

@@ -3,11 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::catalog::TableProvider;
-
 use crate::files::FilesAdapter;
 use crate::memory::MemoryAdapter;
-use crate::{Adapter, Binding, Error, Health, OpenContext, Result};
+use crate::{Adapter, Binding, Error, OpenContext, Opened, Result};
 
 /// Adapters by kind.
 #[derive(Debug, Clone, Default)]
@@ -35,15 +33,7 @@ impl AdapterRegistry {
     }
 
     /// Opens a binding with the adapter of its kind.
-    pub async fn open(&self, binding: &Binding, ctx: &OpenContext) -> Result<Arc<dyn TableProvider>> {
+    pub async fn open(&self, binding: &Binding, ctx: &OpenContext) -> Result<Opened> {
         self.get(binding.kind())?.open(binding, ctx).await
-    }
-
-    /// Health of an opened table, asked of the adapter of `binding`'s kind.
-    pub async fn health(&self, binding: &Binding, table: &Arc<dyn TableProvider>, ctx: &OpenContext) -> Health {
-        match self.get(binding.kind()) {
-            Ok(a) => a.health(table, ctx).await,
-            Err(e) => Health::Unavailable { reason: e.to_string() },
-        }
     }
 }

@@ -56,6 +56,17 @@ pub struct GatewayConfig {
     #[arg(long = "storage-root", env = "MESHGATE_STORAGE_ROOTS", value_delimiter = ',')]
     pub storage_roots: Vec<PathBuf>,
 
+    /// Object stores bindings may read (`s3://`, `gs://`, `az://`, `http(s)://`): a YAML file
+    /// listing each bucket with its options, credentials by reference and the domains it is open
+    /// to; see docs/configuration.md. Without it, bindings read local files only.
+    #[arg(long, env = "MESHGATE_STORES")]
+    pub stores: Option<PathBuf>,
+
+    /// How long the file listing of a remote location is reused before it is listed again
+    /// (local folders are listed on every read).
+    #[arg(long, env = "MESHGATE_LISTING_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub listing_ttl: Duration,
+
     /// Do not reload the catalog when files under the mesh folder change.
     #[arg(long, env = "MESHGATE_NO_WATCH")]
     pub no_watch: bool,
@@ -154,6 +165,8 @@ impl GatewayConfig {
             shutdown_grace: Duration::from_secs(10),
             no_watch: false,
             storage_roots: Vec::new(),
+            stores: None,
+            listing_ttl: Duration::from_secs(30),
             auth: None,
             insecure_no_auth: true,
             audit_log: None,
@@ -201,17 +214,10 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 /// Parses `500ms`, `30s`, `15m`, `2h` or a number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("`{s}` is not a duration; write e.g. 30s, 15m or 1h"))?;
-    let secs = |k: u64| Duration::from_secs(n.saturating_mul(k));
-    match unit {
-        "" | "s" => Ok(secs(1)),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(secs(60)),
-        "h" => Ok(secs(3600)),
-        other => Err(format!("unit `{other}` in `{s}` is not one of ms, s, m, h")),
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
     }
+    humantime::parse_duration(s).map_err(|_| format!("`{s}` is not a duration; write e.g. 250ms, 30s, 15m or 1h"))
 }
 
 #[cfg(test)]
@@ -223,7 +229,8 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("1d").is_err());
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
+        assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("x").is_err());
     }
 

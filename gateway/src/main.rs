@@ -6,9 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use meshgate::auth::users::{User, Users};
 use meshgate::auth::{AuthConfig, GatewayTokens, Principal};
-use meshgate::catalog::{Catalog, CatalogState};
+use meshgate::catalog::CatalogState;
 use meshgate::{Gateway, GatewayConfig, sample, server};
-use meshgate_adapters::AdapterRegistry;
 use meshgate_adapters::memory::MemoryAdapter;
 
 /// meshgate: serves a data mesh's products over Arrow Flight.
@@ -40,6 +39,9 @@ enum Command {
         /// A folder outside the mesh that bindings may read (repeatable), as for `serve`.
         #[arg(long = "storage-root", env = "MESHGATE_STORAGE_ROOTS", value_delimiter = ',')]
         storage_roots: Vec<PathBuf>,
+        /// The object stores file, as for `serve`.
+        #[arg(long, env = "MESHGATE_STORES")]
+        stores: Option<PathBuf>,
     },
     /// Work with the bundled sample mesh.
     #[command(subcommand)]
@@ -172,7 +174,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
         Command::Serve(config) => serve(config).await,
-        Command::Check { mesh, storage_roots } => check(&mesh, &storage_roots).await,
+        Command::Check { mesh, storage_roots, stores } => check(&mesh, storage_roots, stores).await,
         Command::Sample(SampleCommand::Write { dir, scale }) => {
             sample::write(&dir, scale).map(|_| ExitCode::SUCCESS).map_err(|e| e.to_string())
         }
@@ -309,11 +311,13 @@ async fn serve(mut config: GatewayConfig) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn check(mesh: &std::path::Path, storage_roots: &[PathBuf]) -> Result<ExitCode, String> {
-    let config = GatewayConfig::for_mesh(mesh);
-    let ctx = server::session_context(&config).map_err(|e| e.to_string())?;
-    let registry = AdapterRegistry::with_defaults(MemoryAdapter::default());
-    let catalog = Catalog::open(mesh, registry, ctx.state(), storage_roots).map_err(|e| e.to_string())?;
+async fn check(
+    mesh: &std::path::Path,
+    storage_roots: Vec<PathBuf>,
+    stores: Option<PathBuf>,
+) -> Result<ExitCode, String> {
+    let config = GatewayConfig { storage_roots, stores, ..GatewayConfig::for_mesh(mesh) };
+    let (_, catalog) = server::open_catalog(&config, mesh, MemoryAdapter::default()).map_err(|e| e.to_string())?;
     let loaded = catalog.load_products().await.map_err(|e| e.to_string())?;
     let snapshot = CatalogState::next(&CatalogState::default(), loaded, &[]);
     let mut bad = 0;

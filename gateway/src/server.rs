@@ -5,13 +5,16 @@
 //! finish for the configured grace period, then cuts them.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use meshgate_adapters::AdapterRegistry;
 use meshgate_adapters::memory::MemoryAdapter;
+use meshgate_adapters::stores::RemoteListings;
+use meshgate_adapters::{AdapterRegistry, ObjectStores};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -79,6 +82,23 @@ pub struct Gateway {
     _watcher: Option<CatalogWatcher>,
 }
 
+/// Memory for cached listings of remote locations.
+const LISTING_CACHE_BYTES: usize = 16 << 20;
+
+/// The session every request plans in and the catalog of `mesh`, with the object stores of
+/// `config` registered (`serve` and `check` open the mesh the same way).
+pub fn open_catalog(config: &GatewayConfig, mesh: &Path, memory: MemoryAdapter) -> Result<(SessionContext, Catalog)> {
+    let ctx = session_context(config)?;
+    let stores = match &config.stores {
+        Some(path) => ObjectStores::load(path).map_err(|e| Error::Config(e.to_string()))?,
+        None => ObjectStores::default(),
+    };
+    stores.register_in(ctx.runtime_env().as_ref());
+    let registry = AdapterRegistry::with_defaults(memory);
+    let catalog = Catalog::open(mesh, registry, ctx.state(), &config.storage_roots)?.with_stores(Arc::new(stores));
+    Ok((ctx, catalog))
+}
+
 /// The DataFusion session every request plans in.
 pub fn session_context(config: &GatewayConfig) -> Result<SessionContext> {
     let mut session = SessionConfig::new().with_batch_size(config.batch_size).with_information_schema(false);
@@ -89,8 +109,13 @@ pub fn session_context(config: &GatewayConfig) -> Result<SessionContext> {
     options.sql_parser.map_string_types_to_utf8view = config.view_types;
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(config.memory_limit_mb.saturating_mul(1 << 20), 1.0)
-        // Listings are not cached: files that appear or disappear are seen on the next read.
-        .with_object_list_cache_limit(0)
+        // Only remote listings are cached (for --listing-ttl): files that appear or disappear in
+        // a local folder are seen on the next read.
+        .with_cache_manager(
+            CacheManagerConfig::default()
+                .with_list_files_cache(Some(Arc::new(RemoteListings::new(LISTING_CACHE_BYTES, config.listing_ttl))))
+                .with_list_files_cache_limit(LISTING_CACHE_BYTES),
+        )
         .build_arc()
         .map_err(|e| Error::Config(format!("query engine runtime: {e}")))?;
     let ctx = SessionContext::new_with_config_rt(session, runtime);
@@ -172,9 +197,7 @@ impl Gateway {
                 ));
             }
         };
-        let ctx = session_context(&config)?;
-        let registry = AdapterRegistry::with_defaults(memory);
-        let catalog = Catalog::open(&mesh, registry, ctx.state(), &config.storage_roots)?;
+        let (ctx, catalog) = open_catalog(&config, &mesh, memory)?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut core = AccessCore::builder(catalog, ctx, signer)
             .with_options(CoreOptions {

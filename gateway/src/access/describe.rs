@@ -113,15 +113,18 @@ fn public_document(doc: &Value) -> Value {
 pub(crate) async fn health(catalog: &Catalog, snapshot: &MeshSnapshot, visible: Visibility<'_>) -> Value {
     let mut products = Vec::new();
     let mut degraded = false;
-    for ((domain, name), entry) in &snapshot.catalog.entries {
-        if !visible(domain, name, entry.product.as_deref()) {
-            continue;
-        }
+    let shown: Vec<_> =
+        snapshot.catalog.entries.iter().filter(|((d, n), e)| visible(d, n, e.product.as_deref())).collect();
+    // Every store is probed at once (each probe cached and bounded), so one hung store costs
+    // one timeout, not one per product.
+    let probes = shown.iter().flat_map(|(_, e)| e.product.iter().flat_map(|p| p.ports.iter()));
+    let answers = futures::future::join_all(probes.map(|port| async move { port.health(catalog.state()).await })).await;
+    let mut answers = answers.into_iter();
+    for ((domain, name), entry) in shown {
         let mut ports = Vec::new();
         if let Some(p) = &entry.product {
             for port in &p.ports {
-                let ctx = catalog.open_context(&port.product_dir);
-                let h = catalog.registry().health(&port.binding, &port.table, &ctx).await;
+                let h = answers.next().unwrap_or(Health::Ok);
                 degraded |= h != Health::Ok;
                 ports.push(json!({"port": port.name, "health": h}));
             }

@@ -5,16 +5,14 @@ use std::time::Duration;
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 use futures::TryStreamExt;
-use meshgate_adapters::AdapterRegistry;
 use meshgate_adapters::memory::MemoryAdapter;
 
 use super::*;
 use crate::GatewayConfig;
 
 async fn core_on(mesh: &Path, options: CoreOptions) -> Arc<AccessCore> {
-    let ctx = crate::server::session_context(&GatewayConfig::for_mesh(mesh)).unwrap();
-    let registry = AdapterRegistry::with_defaults(MemoryAdapter::default());
-    let catalog = Catalog::open(mesh, registry, ctx.state(), &[]).unwrap();
+    let (ctx, catalog) =
+        crate::server::open_catalog(&GatewayConfig::for_mesh(mesh), mesh, MemoryAdapter::default()).unwrap();
     let signer = TicketSigner::random(Duration::from_secs(60));
     AccessCore::builder(catalog, ctx, signer).with_options(options).build().await.unwrap()
 }

@@ -331,7 +331,9 @@ pub fn product(dir: &Path) -> Product {
         schema: served,
         total_records: -1,
         total_bytes: -1,
-        product_dir: dir.to_path_buf(),
+        // The log's own health (writable, chain intact) is the audit writer's to report.
+        storage: Arc::new(meshgate_adapters::InMemoryStorage),
+        health: Default::default(),
     };
     Product {
         domain: "_governance".into(),

@@ -10,7 +10,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::stats::Precision;
 use datafusion::execution::session_state::SessionState;
 use datafusion::physical_plan::{StatisticsArgs, StatisticsContext};
-use meshgate_adapters::{AdapterRegistry, Binding, OpenContext};
+use meshgate_adapters::{AdapterRegistry, Binding, ObjectStores, OpenContext, Opened};
 
 use super::manifest::{
     CONTRACT_PROPERTIES, ContractManifest, CustomProperty, PRODUCT_PROPERTIES, ProductManifest, Property,
@@ -43,6 +43,8 @@ pub(crate) struct Loader {
     pub(crate) state: SessionState,
     /// Folders outside product folders that bindings may read (canonical).
     pub(crate) storage_roots: Arc<[PathBuf]>,
+    /// Remote stores bindings may read.
+    pub(crate) stores: Arc<ObjectStores>,
 }
 
 struct Problems {
@@ -62,7 +64,9 @@ impl Problems {
 impl Loader {
     /// What an adapter may use to open (or check) a binding of the product in `dir`.
     pub(crate) fn open_context(&self, dir: &Path) -> OpenContext {
-        OpenContext::new(dir.to_path_buf(), self.state.clone()).with_storage_roots(Arc::clone(&self.storage_roots))
+        OpenContext::new(dir.to_path_buf(), self.state.clone())
+            .with_storage_roots(Arc::clone(&self.storage_roots))
+            .with_stores(Arc::clone(&self.stores))
     }
 
     fn rel(&self, p: &Path) -> String {
@@ -267,7 +271,7 @@ impl Loader {
             return Err(p.list);
         };
         let ctx = self.open_context(dir);
-        let table = match self.registry.open(&binding, &ctx).await {
+        let Opened { table, storage } = match self.registry.open(&binding, &ctx).await {
             Ok(t) => t,
             Err(e) => {
                 p.add("customProperties[meshgate.binding]", e.to_string());
@@ -294,7 +298,8 @@ impl Loader {
             schema,
             total_records,
             total_bytes,
-            product_dir: dir.to_path_buf(),
+            storage,
+            health: Default::default(),
         })
     }
 

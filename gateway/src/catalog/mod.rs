@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::execution::session_state::SessionState;
-use meshgate_adapters::AdapterRegistry;
+use meshgate_adapters::{AdapterRegistry, ObjectStores};
 
 mod load;
 pub mod manifest;
@@ -118,7 +118,21 @@ impl Catalog {
                     .map_err(|e| Error::MeshUnreadable(format!("storage root {} ({})", r.display(), e.kind())))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { loader: Loader { mesh_dir, registry, state, storage_roots: Arc::from(storage_roots) } })
+        Ok(Self {
+            loader: Loader {
+                mesh_dir,
+                registry,
+                state,
+                storage_roots: Arc::from(storage_roots),
+                stores: Arc::new(ObjectStores::default()),
+            },
+        })
+    }
+
+    /// Also lets bindings read the remote locations of `stores`.
+    pub fn with_stores(mut self, stores: Arc<ObjectStores>) -> Self {
+        self.loader.stores = stores;
+        self
     }
 
     /// The mesh folder (canonical).
@@ -126,14 +140,9 @@ impl Catalog {
         &self.loader.mesh_dir
     }
 
-    /// The adapter registry products are opened with.
-    pub fn registry(&self) -> &AdapterRegistry {
-        &self.loader.registry
-    }
-
-    /// What an adapter may use to open (or check) a binding of the product in `product_dir`.
-    pub fn open_context(&self, product_dir: &Path) -> meshgate_adapters::OpenContext {
-        self.loader.open_context(product_dir)
+    /// The session products are opened (and their storage probed) in.
+    pub fn state(&self) -> &SessionState {
+        &self.loader.state
     }
 
     /// Reads every product folder of the mesh. Fails only when the mesh folder cannot be read.

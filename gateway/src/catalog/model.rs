@@ -2,12 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
-use meshgate_adapters::Binding;
+use datafusion::execution::session_state::SessionState;
+use meshgate_adapters::{Binding, Health, StorageHandle};
 use serde::Serialize;
 
 use super::manifest::Property;
@@ -89,8 +90,49 @@ pub struct Port {
     pub total_records: i64,
     /// Size in bytes of the whole port in Arrow, -1 when not known.
     pub total_bytes: i64,
-    /// The product's folder, for the adapter's health checks.
-    pub product_dir: PathBuf,
+    /// The storage's health probe and lifecycle; closed when the port is dropped.
+    pub storage: Arc<dyn StorageHandle>,
+    /// The last probe's answer.
+    pub(crate) health: HealthCache,
+}
+
+/// How long a health answer is reused: `health` asks each store at most this often.
+pub const HEALTH_TTL: Duration = Duration::from_secs(10);
+/// How long a health probe may take before the store is reported unavailable.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The last health answer of a port, and when it was taken.
+#[derive(Debug, Default)]
+pub(crate) struct HealthCache(Mutex<Option<(Instant, Health)>>);
+
+impl Port {
+    /// Whether the port's storage can be read now: one probe per [`HEALTH_TTL`], bounded by
+    /// [`HEALTH_TIMEOUT`], so a hung store costs the caller seconds, not a hang.
+    pub async fn health(&self, state: &SessionState) -> Health {
+        let cached = self.health.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((at, h)) = cached.filter(|(at, _)| at.elapsed() < HEALTH_TTL) {
+            let _ = at;
+            return h;
+        }
+        let h = match tokio::time::timeout(HEALTH_TIMEOUT, self.storage.health(state)).await {
+            Ok(h) => h,
+            Err(_) => Health::Unavailable {
+                reason: format!("the store did not answer a probe within {}s", HEALTH_TIMEOUT.as_secs()),
+            },
+        };
+        *self.health.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), h.clone()));
+        h
+    }
+}
+
+impl Drop for Port {
+    /// The product version this port belonged to is gone: its storage releases what it holds.
+    fn drop(&mut self) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let storage = Arc::clone(&self.storage);
+            rt.spawn(async move { storage.close().await });
+        }
+    }
 }
 
 /// A validated ODCS contract.
