@@ -103,7 +103,7 @@ mod tests {
         for clear in ["hunter2", "12345", "true"] {
             let e = serde_yaml::from_str::<SecretRef>(clear).unwrap_err().to_string();
             assert!(e.contains("never written"), "{clear}: {e}");
-            assert!(!e.contains(clear) || clear == "true", "the value is not repeated: {e}");
+            assert!(!e.contains(clear), "the value is not repeated: {e}");
         }
         for bad in ["{}", "{env: A, file: /b}", "{env: ''}", "{path: /x}"] {
             assert!(serde_yaml::from_str::<SecretRef>(bad).is_err(), "{bad}");

@@ -148,39 +148,21 @@ impl StoreConfig {
             Error::InvalidBinding(format!("store `{}`: `{k}` is not an option of {kind} stores", self.url))
         };
         let failed = |e: object_store::Error| Error::InvalidBinding(format!("store `{}`: {e}", self.url));
+        // The four builders share no trait: one arm each, the same steps.
+        macro_rules! build {
+            ($builder:expr, $kind:literal) => {{
+                let mut b = $builder.with_url(root.as_str()).with_client_options(client);
+                for (k, v) in pairs {
+                    b = b.with_config(k.parse().map_err(|_| unknown(&k, $kind))?, v);
+                }
+                Arc::new(b.with_retry(retry).build().map_err(failed)?)
+            }};
+        }
         let store: Arc<dyn ObjectStore> = match root.scheme() {
-            "s3" | "s3a" => {
-                use object_store::aws::AmazonS3Builder;
-                let mut b = AmazonS3Builder::from_env().with_url(root.as_str()).with_client_options(client);
-                for (k, v) in pairs {
-                    b = b.with_config(k.parse().map_err(|_| unknown(&k, "S3"))?, v);
-                }
-                Arc::new(b.with_retry(retry).build().map_err(failed)?)
-            }
-            "gs" => {
-                use object_store::gcp::GoogleCloudStorageBuilder;
-                let mut b = GoogleCloudStorageBuilder::from_env().with_url(root.as_str()).with_client_options(client);
-                for (k, v) in pairs {
-                    b = b.with_config(k.parse().map_err(|_| unknown(&k, "GCS"))?, v);
-                }
-                Arc::new(b.with_retry(retry).build().map_err(failed)?)
-            }
-            "az" | "abfs" | "abfss" => {
-                use object_store::azure::MicrosoftAzureBuilder;
-                let mut b = MicrosoftAzureBuilder::from_env().with_url(root.as_str()).with_client_options(client);
-                for (k, v) in pairs {
-                    b = b.with_config(k.parse().map_err(|_| unknown(&k, "Azure"))?, v);
-                }
-                Arc::new(b.with_retry(retry).build().map_err(failed)?)
-            }
-            _ => {
-                use object_store::http::HttpBuilder;
-                let mut b = HttpBuilder::new().with_url(root.as_str()).with_client_options(client);
-                for (k, v) in pairs {
-                    b = b.with_config(k.parse().map_err(|_| unknown(&k, "HTTP"))?, v);
-                }
-                Arc::new(b.with_retry(retry).build().map_err(failed)?)
-            }
+            "s3" | "s3a" => build!(object_store::aws::AmazonS3Builder::from_env(), "S3"),
+            "gs" => build!(object_store::gcp::GoogleCloudStorageBuilder::from_env(), "GCS"),
+            "az" | "abfs" | "abfss" => build!(object_store::azure::MicrosoftAzureBuilder::from_env(), "Azure"),
+            _ => build!(object_store::http::HttpBuilder::new(), "HTTP"),
         };
         Ok((root, store))
     }

@@ -100,7 +100,7 @@ pub fn open_catalog(config: &GatewayConfig, mesh: &Path, memory: MemoryAdapter) 
 }
 
 /// The DataFusion session every request plans in.
-pub fn session_context(config: &GatewayConfig) -> Result<SessionContext> {
+fn session_context(config: &GatewayConfig) -> Result<SessionContext> {
     let mut session = SessionConfig::new().with_batch_size(config.batch_size).with_information_schema(false);
     let options = session.options_mut();
     // Older Flight SQL / JDBC clients cannot read view types: unless asked, every adapter serves

@@ -109,6 +109,13 @@ fn public_document(doc: &Value) -> Value {
     doc
 }
 
+/// Each port of `entry`'s product with its storage's health, probed at once.
+async fn port_health(catalog: &Catalog, entry: &catalog::Entry) -> Vec<(String, Health)> {
+    let ports = entry.product.iter().flat_map(|p| p.ports.iter());
+    futures::future::join_all(ports.map(|port| async move { (port.name.clone(), port.health(catalog.state()).await) }))
+        .await
+}
+
 /// Gateway and per-product health, each port's storage checked, for the products `visible` shows.
 pub(crate) async fn health(catalog: &Catalog, snapshot: &MeshSnapshot, visible: Visibility<'_>) -> Value {
     let mut products = Vec::new();
@@ -117,17 +124,12 @@ pub(crate) async fn health(catalog: &Catalog, snapshot: &MeshSnapshot, visible: 
         snapshot.catalog.entries.iter().filter(|((d, n), e)| visible(d, n, e.product.as_deref())).collect();
     // Every store is probed at once (each probe cached and bounded), so one hung store costs
     // one timeout, not one per product.
-    let probes = shown.iter().flat_map(|(_, e)| e.product.iter().flat_map(|p| p.ports.iter()));
-    let answers = futures::future::join_all(probes.map(|port| async move { port.health(catalog.state()).await })).await;
-    let mut answers = answers.into_iter();
-    for ((domain, name), entry) in shown {
+    let answers = futures::future::join_all(shown.iter().map(|(_, e)| port_health(catalog, e))).await;
+    for (((domain, name), entry), answer) in shown.into_iter().zip(answers) {
         let mut ports = Vec::new();
-        if let Some(p) = &entry.product {
-            for port in &p.ports {
-                let h = answers.next().unwrap_or(Health::Ok);
-                degraded |= h != Health::Ok;
-                ports.push(json!({"port": port.name, "health": h}));
-            }
+        for (port, h) in answer {
+            degraded |= h != Health::Ok;
+            ports.push(json!({"port": port, "health": h}));
         }
         let status = match (&entry.product, entry.problems.is_empty()) {
             (Some(_), true) => "available",

@@ -110,8 +110,7 @@ impl Port {
     /// [`HEALTH_TIMEOUT`], so a hung store costs the caller seconds, not a hang.
     pub async fn health(&self, state: &SessionState) -> Health {
         let cached = self.health.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some((at, h)) = cached.filter(|(at, _)| at.elapsed() < HEALTH_TTL) {
-            let _ = at;
+        if let Some((_, h)) = cached.filter(|(at, _)| at.elapsed() < HEALTH_TTL) {
             return h;
         }
         let h = match tokio::time::timeout(HEALTH_TIMEOUT, self.storage.health(state)).await {
