@@ -4,11 +4,21 @@
 # client, in one run. Prints a table (see bench/RESULTS.md).
 #
 #   bash bench/run.sh [SCALE] [--meshgate-arg=--batch-size=65536 ...]
+#
+# `postgres` first: the same table loaded into a throwaway PostgreSQL (tpchgen-cli CSV, COPY),
+# read through meshgate and with adbc_driver_postgresql (bench/postgres_bench.py).
+#
+#   bash bench/run.sh postgres [SCALE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bench=flight
+if [ "${1:-}" = postgres ]; then
+  bench=postgres
+  shift
+fi
 scale="${1:-1}"
 venv="${MESHGATE_VENV:-.venv}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r bench/requirements.txt
 cargo build --release -p meshgate
-"$venv/bin/python" bench/flight_bench.py --scale "$scale" --meshgate "${CARGO_TARGET_DIR:-target}/release/meshgate" "${@:2}"
+"$venv/bin/python" "bench/${bench}_bench.py" --scale "$scale" --meshgate "${CARGO_TARGET_DIR:-target}/release/meshgate" "${@:2}"

@@ -4,6 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# System packages the tests need: PostgreSQL server binaries (the PostgreSQL adapter's tests run a
+# throwaway server) and OpenSSL headers (its TLS to the database).
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev pkg-config)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
 cargo build --workspace --bins --tests
 cargo test --workspace
 

@@ -26,6 +26,7 @@ use serde::Deserialize;
 
 use crate::files::FilesBinding;
 use crate::memory::MemoryBinding;
+use crate::postgres::PostgresBinding;
 
 /// Storage of one output port.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -35,6 +36,8 @@ pub enum Binding {
     Files(FilesBinding),
     /// Record batches held in memory, registered with the [`crate::memory::MemoryAdapter`].
     Memory(MemoryBinding),
+    /// A PostgreSQL table, view or read-only query.
+    Postgres(PostgresBinding),
 }
 
 impl Binding {
@@ -43,6 +46,7 @@ impl Binding {
         match self {
             Binding::Files(_) => "files",
             Binding::Memory(_) => "memory",
+            Binding::Postgres(_) => "postgres",
         }
     }
 }

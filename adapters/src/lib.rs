@@ -13,8 +13,10 @@
 //!   tables over `object_store`.
 //! - [`ipc`]: Arrow IPC files read block by block (the `files` adapter's IPC reader).
 //! - [`memory`]: in-memory record batches, for tests and embedding.
-//! - [`stores`]: object stores (S3, GCS, Azure, HTTP) built from the operator's configuration,
-//!   and the listing cache for remote locations.
+//! - [`postgres`]: a PostgreSQL table, view or read-only query, with predicates PostgreSQL
+//!   evaluates identically sent in its `WHERE`, optionally read in parallel ranges.
+//! - [`stores`]: object stores (S3, GCS, Azure, HTTP) and PostgreSQL databases from the
+//!   operator's configuration, and the listing cache for remote locations.
 //! - [`secret`]: credentials named by reference, never written in clear.
 //!
 //! Adding a storage kind is one module here, one [`Binding`] variant and one registry line; see
@@ -34,6 +36,7 @@ pub mod error;
 pub mod files;
 pub mod ipc;
 pub mod memory;
+pub mod postgres;
 mod registry;
 pub mod secret;
 pub mod stores;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::files::FilesAdapter;
 use crate::memory::MemoryAdapter;
+use crate::postgres::PostgresAdapter;
 use crate::{Adapter, Binding, Error, OpenContext, Opened, Result};
 
 /// Adapters by kind.
@@ -16,7 +17,10 @@ pub struct AdapterRegistry {
 impl AdapterRegistry {
     /// A registry with every adapter this crate provides; `memory` serves `memory`.
     pub fn with_defaults(memory: MemoryAdapter) -> Self {
-        Self::default().with_adapter(Arc::new(FilesAdapter)).with_adapter(Arc::new(memory))
+        Self::default()
+            .with_adapter(Arc::new(FilesAdapter))
+            .with_adapter(Arc::new(memory))
+            .with_adapter(Arc::new(PostgresAdapter))
     }
 
     /// Adds (or replaces) the adapter for its kind.

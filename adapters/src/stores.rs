@@ -35,6 +35,7 @@ use object_store::{ClientOptions, ObjectStore, RetryConfig};
 use serde::Deserialize;
 use url::Url;
 
+use crate::postgres::PostgresConfig;
 use crate::secret::SecretRef;
 use crate::{Error, Result};
 
@@ -45,6 +46,9 @@ pub struct StoresFile {
     /// One entry per bucket, container or HTTP host.
     #[serde(default)]
     pub stores: Vec<StoreConfig>,
+    /// One entry per PostgreSQL database.
+    #[serde(default)]
+    pub postgres: Vec<PostgresConfig>,
 }
 
 /// One bucket (S3, GCS), container (Azure) or host (HTTP) the gateway may read.
@@ -79,7 +83,7 @@ pub struct StoreConfig {
 /// Option names that carry credentials; they belong under `secrets`.
 const SECRET_WORDS: &[&str] = &["secret", "password", "token", "_key", "credential", "sas"];
 
-fn duration(field: &str, v: &Option<String>, default: Duration) -> Result<Duration> {
+pub(crate) fn duration(field: &str, v: &Option<String>, default: Duration) -> Result<Duration> {
     match v {
         None => Ok(default),
         Some(s) => humantime::parse_duration(s.trim())
@@ -176,10 +180,11 @@ struct Entry {
     store: Arc<dyn ObjectStore>,
 }
 
-/// The stores the operator configured, by root URL.
+/// The stores the operator configured: buckets by root URL, databases by name.
 #[derive(Debug, Default)]
 pub struct ObjectStores {
     entries: Vec<Entry>,
+    databases: BTreeMap<String, PostgresConfig>,
 }
 
 impl ObjectStores {
@@ -190,7 +195,34 @@ impl ObjectStores {
         })?;
         let file: StoresFile = serde_yaml::from_str(&text)
             .map_err(|e| Error::InvalidBinding(format!("stores file {}: {e}", path.display())))?;
-        Self::build(&file.stores)
+        Self::build(&file.stores)?.with_postgres(file.postgres)
+    }
+
+    /// Adds PostgreSQL databases; a name given twice is an error.
+    pub fn with_postgres(mut self, databases: Vec<PostgresConfig>) -> Result<Self> {
+        for d in databases {
+            d.validate()?;
+            if self.databases.contains_key(&d.name) {
+                return Err(Error::InvalidBinding(format!("database `{}` is configured twice", d.name)));
+            }
+            self.databases.insert(d.name.clone(), d);
+        }
+        Ok(self)
+    }
+
+    /// The database `name`, if it is configured and open to `domain`.
+    pub fn postgres(&self, name: &str, domain: &str) -> Result<&PostgresConfig> {
+        let d = self.databases.get(name).ok_or_else(|| {
+            Error::InvalidBinding(format!(
+                "database `{name}` is not configured; ask the operator to add it under `postgres:` in the stores file (--stores)"
+            ))
+        })?;
+        match &d.domains {
+            Some(ds) if !ds.iter().any(|d| d == domain) => Err(Error::InvalidBinding(format!(
+                "database `{name}` is not open to domain `{domain}`; ask the operator to add the domain to its `domains`"
+            ))),
+            _ => Ok(d),
+        }
     }
 
     /// Builds `configs`; a root given twice is an error.
@@ -203,7 +235,7 @@ impl ObjectStores {
             }
             entries.push(Entry { root, domains: c.domains.clone(), store });
         }
-        Ok(Self { entries })
+        Ok(Self { entries, databases: BTreeMap::new() })
     }
 
     /// Registers every store with the query engine's runtime, where listing tables find them.

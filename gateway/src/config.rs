@@ -67,6 +67,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "MESHGATE_LISTING_TTL", default_value = "30s", value_parser = parse_duration)]
     pub listing_ttl: Duration,
 
+    /// While some product is refused (its storage was down when it was opened, or its manifests
+    /// are wrong), the mesh is reloaded this often; products that loaded are kept as they are.
+    /// `0` turns retries off.
+    #[arg(long, env = "MESHGATE_RETRY_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub retry_interval: Duration,
+
     /// Do not reload the catalog when files under the mesh folder change.
     #[arg(long, env = "MESHGATE_NO_WATCH")]
     pub no_watch: bool,
@@ -167,6 +173,7 @@ impl GatewayConfig {
             storage_roots: Vec::new(),
             stores: None,
             listing_ttl: Duration::from_secs(30),
+            retry_interval: Duration::from_secs(30),
             auth: None,
             insecure_no_auth: true,
             audit_log: None,

@@ -318,7 +318,7 @@ async fn check(
 ) -> Result<ExitCode, String> {
     let config = GatewayConfig { storage_roots, stores, ..GatewayConfig::for_mesh(mesh) };
     let (_, catalog) = server::open_catalog(&config, mesh, MemoryAdapter::default()).map_err(|e| e.to_string())?;
-    let loaded = catalog.load_products().await.map_err(|e| e.to_string())?;
+    let loaded = catalog.load_products(&CatalogState::default()).await.map_err(|e| e.to_string())?;
     let snapshot = CatalogState::next(&CatalogState::default(), loaded, &[]);
     let mut bad = 0;
     for ((domain, product), entry) in &snapshot.entries {

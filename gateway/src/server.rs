@@ -23,7 +23,7 @@ use crate::access::{AccessCore, CoreOptions};
 use crate::audit::{AuditLog, AuditOptions};
 use crate::auth::layer::{AuthLayer, AuthMode, FailureSink};
 use crate::auth::{AuthConfig, Authenticator};
-use crate::catalog::{Catalog, CatalogWatcher};
+use crate::catalog::{Catalog, CatalogWatcher, RetryTimer};
 use crate::config::GatewayConfig;
 use crate::flight::MeshFlightService;
 use crate::ticket::TicketSigner;
@@ -80,6 +80,7 @@ pub struct Gateway {
     /// Ends running streams at shutdown, after the grace period.
     stop: tokio::sync::watch::Sender<bool>,
     _watcher: Option<CatalogWatcher>,
+    _retry: Option<RetryTimer>,
 }
 
 /// Memory for cached listings of remote locations.
@@ -235,6 +236,20 @@ impl Gateway {
                 }
             }
         };
+        let retry = (!config.retry_interval.is_zero()).then(|| {
+            let core = Arc::clone(&core);
+            RetryTimer::start(config.retry_interval, move || {
+                let core = Arc::clone(&core);
+                async move {
+                    if core.snapshot().catalog.problems().is_empty() {
+                        return;
+                    }
+                    if let Err(e) = core.reload().await {
+                        tracing::warn!(error = %e, "retrying refused products failed; the catalog in force stays");
+                    }
+                }
+            })
+        });
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Io { context: format!("cannot listen on {}", config.listen), source })?;
@@ -285,7 +300,17 @@ impl Gateway {
             let _ = rx.await;
         }));
         tracing::info!(%addr, tls = config.tls_cert.is_some(), mesh = %core.mesh_dir().display(), "listening");
-        Ok(Self { addr, core, shutdown: Some(tx), task, grace: config.shutdown_grace, audit, stop, _watcher: watcher })
+        Ok(Self {
+            addr,
+            core,
+            shutdown: Some(tx),
+            task,
+            grace: config.shutdown_grace,
+            audit,
+            stop,
+            _watcher: watcher,
+            _retry: retry,
+        })
     }
 
     /// The address the gateway listens on.

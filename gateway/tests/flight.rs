@@ -281,6 +281,34 @@ async fn a_refused_reload_keeps_the_last_good_version() {
 }
 
 #[tokio::test]
+async fn a_reload_reopens_only_the_products_whose_manifests_changed() {
+    let mut f = Fixture::sample_with(|c| c.no_watch = true).await;
+    let products = |f: &Fixture| {
+        f.gateway()
+            .core()
+            .snapshot()
+            .catalog
+            .products()
+            .map(|p| (p.address(), std::sync::Arc::clone(p)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let before = products(&f);
+    let contract = f.path("logistics/warehouses/v1.odcs.yaml");
+    let text = std::fs::read_to_string(&contract).unwrap().replace("version: 1.0.0", "version: 1.1.0");
+    std::fs::write(&contract, text).unwrap();
+    f.action("reload", "").await.unwrap();
+    let after = products(&f);
+    assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
+    for (address, old) in &before {
+        let kept = std::sync::Arc::ptr_eq(old, &after[address]);
+        assert_eq!(kept, address != "logistics/warehouses", "{address}: kept {kept}");
+    }
+    let info = f.info(&["logistics", "warehouses"]).await.unwrap();
+    assert_eq!(Schema::try_from(info).unwrap().metadata()["meshgate.contract_version"], "1.1.0");
+    f.stop().await;
+}
+
+#[tokio::test]
 async fn the_catalog_reloads_when_files_change() {
     let mut f = Fixture::sample().await;
     let mut generations = f.gateway().core().subscribe();

@@ -6,6 +6,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
@@ -74,3 +75,54 @@ def server(sample_mesh):
 def client(server) -> flight.FlightClient:
     with server.client() as c:
         yield c
+
+
+def contract(domain, name, columns, binding):
+    """An ODCS contract whose columns are `(name, logicalType or None)` and whose binding is
+    `binding`."""
+    props = "\n".join(f"      - name: {c}" + (f"\n        logicalType: {t}" if t else "") for c, t in columns)
+    return f"""apiVersion: v3.1.0
+kind: DataContract
+id: urn:test:{domain}:{name}:v1
+name: {name}
+version: 1.0.0
+status: active
+domain: {domain}
+schema:
+  - name: {name}
+    properties:
+{props}
+customProperties:
+  - property: meshgate.binding
+    value: {json.dumps(binding)}
+"""
+
+
+def product(mesh: Path, domain, name, columns, binding):
+    """Writes a one-port product `domain/name` into `mesh`."""
+    d = mesh / domain / name
+    d.mkdir(parents=True)
+    (d / "product.odps.yaml").write_text(
+        f"""apiVersion: v1.0.0
+kind: DataProduct
+id: urn:test:{domain}:{name}
+name: {name}
+domain: {domain}
+status: active
+outputPorts:
+  - name: v1
+    version: 1.0.0
+    contractId: urn:test:{domain}:{name}:v1
+"""
+    )
+    (d / "v1.odcs.yaml").write_text(contract(domain, name, columns, binding))
+
+
+def read(client, *path, **query):
+    """Every row of a product read by path, or by JSON command when `query` is given."""
+    if query:
+        desc = flight.FlightDescriptor.for_command(json.dumps({"product": "/".join(path), **query}))
+    else:
+        desc = flight.FlightDescriptor.for_path(*path)
+    info = client.get_flight_info(desc)
+    return pa.concat_tables([client.do_get(e.ticket).read_all() for e in info.endpoints])

@@ -18,7 +18,7 @@ import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import Server
+from conftest import Server, product, read
 
 MOTO = Path(sys.executable).parent / "moto_server"
 
@@ -90,44 +90,6 @@ class Switch:
 
         threading.Thread(target=pump, args=(upstream, conn), daemon=True).start()
         pump(conn, upstream)
-
-
-def contract(domain, name, columns, binding):
-    props = "\n".join(f"      - name: {c}\n        logicalType: {t}" for c, t in columns)
-    return f"""apiVersion: v3.1.0
-kind: DataContract
-id: urn:test:{domain}:{name}:v1
-name: {name}
-version: 1.0.0
-status: active
-domain: {domain}
-schema:
-  - name: {name}
-    properties:
-{props}
-customProperties:
-  - property: meshgate.binding
-    value: {json.dumps(binding)}
-"""
-
-
-def product(mesh: Path, domain, name, columns, binding):
-    d = mesh / domain / name
-    d.mkdir(parents=True)
-    (d / "product.odps.yaml").write_text(
-        f"""apiVersion: v1.0.0
-kind: DataProduct
-id: urn:test:{domain}:{name}
-name: {name}
-domain: {domain}
-status: active
-outputPorts:
-  - name: v1
-    version: 1.0.0
-    contractId: urn:test:{domain}:{name}:v1
-"""
-    )
-    (d / "v1.odcs.yaml").write_text(contract(domain, name, columns, binding))
 
 
 ORDERS = [("order_id", "integer"), ("amount", "integer"), ("region", "string")]
@@ -209,15 +171,6 @@ def lake(tmp_path_factory):
         server.stop()
     finally:
         moto.stop()
-
-
-def read(client, *path, **query):
-    if query:
-        desc = flight.FlightDescriptor.for_command(json.dumps({"product": "/".join(path), **query}))
-    else:
-        desc = flight.FlightDescriptor.for_path(*path)
-    info = client.get_flight_info(desc)
-    return pa.concat_tables([client.do_get(e.ticket).read_all() for e in info.endpoints])
 
 
 def test_parquet_and_csv_products_in_a_bucket(lake):

@@ -77,10 +77,10 @@ pub(crate) async fn next(
         Some(Ok(rules)) => Some(rules),
         None => None,
     };
-    let loaded = catalog.load_products().await?;
+    let loaded = catalog.load_products(&old.catalog).await?;
     // New governance files go in force only if their row filters fit the products.
     let prepared =
-        prepared.and_then(|rules| match rules.check(state, loaded.values().filter_map(|p| p.as_ref().ok())) {
+        prepared.and_then(|rules| match rules.check(state, loaded.values().filter_map(|p| p.as_deref().ok())) {
             Ok(()) => Some(Arc::new(rules)),
             Err(e) => {
                 governance_problem = Some(e.to_string());
@@ -109,7 +109,7 @@ pub(crate) async fn next(
 }
 
 /// Refuses a product whose contracts use classifications the rules do not know.
-fn check_classifications(rules: &Rules, product: Product) -> Result<Product, Vec<Problem>> {
+fn check_classifications(rules: &Rules, product: Arc<Product>) -> Result<Arc<Product>, Vec<Problem>> {
     let unknown = rules.unknown_classifications(&product);
     if unknown.is_empty() {
         return Ok(product);

@@ -349,6 +349,7 @@ pub fn product(dir: &Path) -> Product {
         ports: vec![Arc::new(port)],
         default_port: 0,
         document: serde_json::json!({"kind": "DataProduct", "id": "meshgate:governance:audit"}),
+        fingerprint: [0; 32],
     }
 }
 

@@ -178,6 +178,7 @@ impl Loader {
             ports,
             default_port,
             document,
+            fingerprint: [0; 32],
         })
     }
 

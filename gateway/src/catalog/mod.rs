@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::execution::session_state::SessionState;
+use futures::StreamExt;
 use meshgate_adapters::{AdapterRegistry, ObjectStores};
 
 mod load;
@@ -28,7 +29,7 @@ mod watch;
 
 pub use load::{PRODUCT_FILE, is_valid_name};
 pub use model::{CatalogState, Contract, Entry, Port, Problem, Product, ProductKey};
-pub use watch::CatalogWatcher;
+pub use watch::{CatalogWatcher, RetryTimer};
 
 use load::Loader;
 
@@ -91,7 +92,10 @@ pub enum Error {
 }
 
 /// What one read of the mesh folder found: each product folder's product, or its problems.
-pub type Loaded = BTreeMap<ProductKey, Result<Product, Vec<Problem>>>;
+pub type Loaded = BTreeMap<ProductKey, Result<Arc<Product>, Vec<Problem>>>;
+
+/// Products opened at once while loading.
+const CONCURRENT_LOADS: usize = 8;
 
 /// Reads and opens the products of one mesh folder. Holds no state in force.
 #[derive(Debug)]
@@ -145,15 +149,58 @@ impl Catalog {
         &self.loader.state
     }
 
-    /// Reads every product folder of the mesh. Fails only when the mesh folder cannot be read.
-    pub async fn load_products(&self) -> Result<Loaded> {
-        let mut loaded = Loaded::new();
-        for (key, dir) in product_folders(&self.loader.mesh_dir)? {
-            let product = self.loader.load_product(&key.0, &key.1, &dir).await;
-            loaded.insert(key, product);
-        }
-        Ok(loaded)
+    /// Reads every product folder of the mesh, a few at once. A product of `old` that loaded
+    /// cleanly and whose manifests are unchanged is kept as it is (its storage stays open, its
+    /// schema is not inferred again); the others are opened anew. Fails only when the mesh
+    /// folder cannot be read.
+    pub async fn load_products(&self, old: &CatalogState) -> Result<Loaded> {
+        let loads = product_folders(&self.loader.mesh_dir)?.into_iter().map(|(key, dir)| async move {
+            let fingerprint = fingerprint(&dir);
+            let unchanged = old
+                .entries
+                .get(&key)
+                .filter(|e| e.problems.is_empty())
+                .and_then(|e| e.product.clone())
+                .filter(|p| p.fingerprint == fingerprint);
+            let product = match unchanged {
+                Some(p) => Ok(p),
+                None => {
+                    self.loader.load_product(&key.0, &key.1, &dir).await.map(|p| Arc::new(Product { fingerprint, ..p }))
+                }
+            };
+            (key, product)
+        });
+        Ok(futures::stream::iter(loads).buffer_unordered(CONCURRENT_LOADS).collect().await)
     }
+}
+
+/// Digest of the manifests (`*.yaml`, `*.yml`) directly in a product folder: names and content.
+/// Data files do not count: they are read afresh by every scan.
+fn fingerprint(dir: &Path) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| is_manifest(p) && p.is_file())
+        .collect();
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        h.update([0]);
+        // An unreadable file digests as empty; loading it reports why.
+        h.update(std::fs::read(&f).unwrap_or_default());
+        h.update([0]);
+    }
+    h.finalize().into()
+}
+
+/// Whether `path` names a manifest or governance file (whose change calls for a reload), as
+/// opposed to data.
+pub fn is_manifest(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "cedar" | "json"))
 }
 
 /// `(domain, product) -> folder` for every folder holding a product manifest. Folders starting
@@ -188,11 +235,15 @@ impl CatalogState {
         let mut entries = BTreeMap::new();
         for ((domain, name), product) in loaded {
             let entry = match product {
-                Ok(p) => Entry { product: Some(Arc::new(p)), problems: vec![] },
+                Ok(p) => Entry { product: Some(p), problems: vec![] },
                 Err(problems) => {
-                    let last_good = old.entries.get(&(domain.clone(), name.clone())).and_then(|e| e.product.clone());
-                    for p in &problems {
-                        tracing::warn!(product = %format!("{domain}/{name}"), problem = %p, serving_last_good = last_good.is_some(), "product refused");
+                    let before = old.entries.get(&(domain.clone(), name.clone()));
+                    let last_good = before.and_then(|e| e.product.clone());
+                    // Retries find the same problems again: say them once.
+                    if before.is_none_or(|e| e.problems != problems) {
+                        for p in &problems {
+                            tracing::warn!(product = %format!("{domain}/{name}"), problem = %p, serving_last_good = last_good.is_some(), "product refused");
+                        }
                     }
                     Entry { product: last_good, problems }
                 }

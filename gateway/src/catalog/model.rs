@@ -62,6 +62,9 @@ pub struct Product {
     pub default_port: usize,
     /// The ODPS document as JSON, for `describe`.
     pub document: serde_json::Value,
+    /// Digest of the manifests it was loaded from: a reload re-opens the product only when it
+    /// changes (or when the product was refused).
+    pub fingerprint: [u8; 32],
 }
 
 impl Product {
