@@ -25,6 +25,7 @@
 use serde::Deserialize;
 
 use crate::files::FilesBinding;
+use crate::flight::FlightBinding;
 use crate::memory::MemoryBinding;
 use crate::postgres::PostgresBinding;
 
@@ -34,6 +35,8 @@ use crate::postgres::PostgresBinding;
 pub enum Binding {
     /// Files read through DataFusion listing tables: Parquet, CSV, NDJSON, Arrow IPC.
     Files(FilesBinding),
+    /// A remote Flight or Flight SQL server (another gateway, federation).
+    Flight(FlightBinding),
     /// Record batches held in memory, registered with the [`crate::memory::MemoryAdapter`].
     Memory(MemoryBinding),
     /// A PostgreSQL table, view or read-only query.
@@ -45,6 +48,7 @@ impl Binding {
     pub fn kind(&self) -> &'static str {
         match self {
             Binding::Files(_) => "files",
+            Binding::Flight(_) => "flight",
             Binding::Memory(_) => "memory",
             Binding::Postgres(_) => "postgres",
         }

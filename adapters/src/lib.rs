@@ -11,10 +11,14 @@
 //! - [`AdapterRegistry`]: maps a binding to its adapter.
 //! - [`files`]: Parquet, CSV, newline-delimited JSON and Arrow IPC through DataFusion listing
 //!   tables over `object_store`.
+//! - [`flight`]: a product of another gateway, any Flight server's path, or a Flight SQL
+//!   query (federation); [`flight::Caller`] is who a read is for.
 //! - [`ipc`]: Arrow IPC files read block by block (the `files` adapter's IPC reader).
 //! - [`memory`]: in-memory record batches, for tests and embedding.
 //! - [`postgres`]: a PostgreSQL table, view or read-only query, with predicates PostgreSQL
 //!   evaluates identically sent in its `WHERE`, optionally read in parallel ranges.
+//! - [`pushdown`]: which predicates SQL-speaking sources are sent, and batches conformed to the
+//!   announced schema.
 //! - [`stores`]: object stores (S3, GCS, Azure, HTTP) and PostgreSQL databases from the
 //!   operator's configuration, and the listing cache for remote locations.
 //! - [`secret`]: credentials named by reference, never written in clear.
@@ -34,9 +38,11 @@ use datafusion::execution::session_state::SessionState;
 pub mod binding;
 pub mod error;
 pub mod files;
+pub mod flight;
 pub mod ipc;
 pub mod memory;
 pub mod postgres;
+pub mod pushdown;
 mod registry;
 pub mod secret;
 pub mod stores;

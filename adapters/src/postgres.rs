@@ -24,24 +24,22 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{DataType, Field, IntervalUnit, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, ScalarValue, TableReference};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Column, TableReference};
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect as ParserDialect;
 use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::unparser::Unparser;
 use datafusion::sql::unparser::dialect::PostgreSqlDialect;
 use datafusion_table_providers_common::sql::db_connection_pool::PasswordProvider;
 use datafusion_table_providers_common::sql::db_connection_pool::dbconnection::AsyncDbConnection;
@@ -52,6 +50,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use tokio_postgres::types::Type;
 
+use crate::pushdown::{self, Agreement};
 use crate::secret::SecretRef;
 use crate::stores::duration;
 use crate::{Adapter, Binding, Error, Health, OpenContext, Opened, Result, StorageHandle};
@@ -520,18 +519,9 @@ fn as_json(t: &Type) -> bool {
     matches!(t.kind(), tokio_postgres::types::Kind::Array(_))
 }
 
-/// How far PostgreSQL agrees with DataFusion on comparisons of a column's values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Agreement {
-    /// Equality and order: integers, numeric, boolean, date, timestamps (sessions run in UTC).
-    Ordered,
-    /// Equality only: `text`, `varchar` (order depends on the collation).
-    Equality,
-    /// Only `IS [NOT] NULL`: floats (-0 and NaN), `char(n)` (padding), uuid and json
-    /// (normalised), arrays, intervals, bytes.
-    Nulls,
-}
-
+/// How far PostgreSQL agrees with DataFusion on comparisons of a column of type `t`: floats
+/// (-0 and NaN), `char(n)` (padding), uuid and json (normalised), arrays, intervals and bytes only
+/// on `IS [NULL]`; text not on order (collations); sessions run in UTC, so timestamps agree.
 fn agreement(t: &Type) -> Agreement {
     match *t {
         Type::BOOL
@@ -560,51 +550,14 @@ impl Shape {
         self.columns.iter().find(|col| col.field.name() == &c.name)
     }
 
-    /// Whether PostgreSQL evaluates `e` exactly as DataFusion does (same rows kept, no error
-    /// either side raises alone).
+    /// Whether PostgreSQL evaluates `e` exactly as DataFusion does.
     fn pushable(&self, e: &Expr) -> bool {
-        let col = |e: &Expr| match e {
-            Expr::Column(c) => self.column(c).map(|c| agreement(&c.pg_type)),
-            _ => None,
-        };
-        let lit = |e: &Expr| matches!(e, Expr::Literal(v, _) if !matches!(v, ScalarValue::Float32(_) | ScalarValue::Float64(_)));
-        match e {
-            Expr::BinaryExpr(b) => match b.op {
-                Operator::And | Operator::Or => self.pushable(&b.left) && self.pushable(&b.right),
-                Operator::Eq | Operator::NotEq => {
-                    let a = col(&b.left).filter(|_| lit(&b.right)).or_else(|| col(&b.right).filter(|_| lit(&b.left)));
-                    matches!(a, Some(Agreement::Ordered | Agreement::Equality))
-                }
-                Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq => {
-                    let a = col(&b.left).filter(|_| lit(&b.right)).or_else(|| col(&b.right).filter(|_| lit(&b.left)));
-                    a == Some(Agreement::Ordered)
-                }
-                _ => false,
-            },
-            Expr::Not(inner) => self.pushable(inner),
-            Expr::IsNull(inner) | Expr::IsNotNull(inner) => col(inner).is_some(),
-            Expr::InList(l) => {
-                matches!(col(&l.expr), Some(Agreement::Ordered | Agreement::Equality)) && l.list.iter().all(lit)
-            }
-            Expr::Between(b) => col(&b.expr) == Some(Agreement::Ordered) && lit(&b.low) && lit(&b.high),
-            _ => false,
-        }
+        pushdown::pushable(e, &|c| self.column(c).map(|c| agreement(&c.pg_type)))
     }
 
     /// `e` as PostgreSQL SQL, columns unqualified.
     fn sql(e: &Expr) -> DfResult<String> {
-        let e = e
-            .clone()
-            .transform(|e| {
-                Ok(match e {
-                    Expr::Column(c) if c.relation.is_some() => {
-                        Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))
-                    }
-                    other => Transformed::no(other),
-                })
-            })?
-            .data;
-        Ok(Unparser::new(&PostgreSqlDialect {}).expr_to_sql(&e)?.to_string())
+        pushdown::to_sql(e, &PostgreSqlDialect {})
     }
 
     /// The statement reading `columns` where every condition holds.
@@ -686,16 +639,7 @@ impl TableProvider for PostgresTable {
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(filters
-            .iter()
-            .map(|f| {
-                if self.shape.pushable(f) {
-                    TableProviderFilterPushDown::Exact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
+        Ok(pushdown::exact_where(filters, |f| self.shape.pushable(f)))
     }
 
     async fn scan(
@@ -802,7 +746,7 @@ impl ExecutionPlan for PostgresScan {
             Ok::<_, DataFusionError>(stream.map(move |batch| {
                 let _held = &conn;
                 match batch {
-                    Ok(b) => conform(b, &announced),
+                    Ok(b) => pushdown::conform(b, &announced),
                     Err(e) => Err(failed.unavailable(&e).into_datafusion()),
                 }
             }))
@@ -811,24 +755,10 @@ impl ExecutionPlan for PostgresScan {
     }
 }
 
-/// `batch` labelled with the announced schema (names and nullability), each column cast when the
-/// decoder's type differs; a count's placeholder column is dropped.
-fn conform(batch: RecordBatch, schema: &SchemaRef) -> DfResult<RecordBatch> {
-    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    let columns =
-        schema
-            .fields()
-            .iter()
-            .zip(batch.columns())
-            .map(|(f, c)| {
-                if c.data_type() == f.data_type() { Ok(Arc::clone(c)) } else { arrow::compute::cast(c, f.data_type()) }
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)?)
-}
-
 #[cfg(test)]
 mod tests {
+    use datafusion::common::ScalarValue;
+
     use super::*;
 
     fn shape(columns: &[(&str, Type)]) -> Shape {
@@ -874,18 +804,6 @@ mod tests {
         assert!(check_split(&s("s", 4), &schema).is_err());
         assert!(check_split(&s("nope", 4), &schema).is_err());
         assert!(check_split(&s("id", 1), &schema).is_err());
-    }
-
-    #[test]
-    fn conform_relabels_and_counts() {
-        use arrow::array::{ArrayRef, Int32Array, Int64Array};
-        let announced = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
-        let got = RecordBatch::try_from_iter([("a", Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef)]).unwrap();
-        let out = conform(got.clone(), &announced).unwrap();
-        assert_eq!(out.schema(), announced);
-        assert_eq!(out.column(0).as_ref(), &Int64Array::from(vec![1, 2]) as &dyn arrow::array::Array);
-        let count = conform(got, &Arc::new(Schema::empty())).unwrap();
-        assert_eq!((count.num_columns(), count.num_rows()), (0, 2));
     }
 
     #[test]

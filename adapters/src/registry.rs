@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::files::FilesAdapter;
+use crate::flight::FlightAdapter;
 use crate::memory::MemoryAdapter;
 use crate::postgres::PostgresAdapter;
 use crate::{Adapter, Binding, Error, OpenContext, Opened, Result};
@@ -21,6 +22,7 @@ impl AdapterRegistry {
             .with_adapter(Arc::new(FilesAdapter))
             .with_adapter(Arc::new(memory))
             .with_adapter(Arc::new(PostgresAdapter))
+            .with_adapter(Arc::new(FlightAdapter))
     }
 
     /// Adds (or replaces) the adapter for its kind.

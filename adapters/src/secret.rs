@@ -74,8 +74,14 @@ impl SecretRef {
 }
 
 /// A secret's value. Its `Debug` shows nothing, so it cannot reach a log by accident.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
 
 impl Secret {
     /// The value, for handing to a client library.

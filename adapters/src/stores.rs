@@ -35,6 +35,7 @@ use object_store::{ClientOptions, ObjectStore, RetryConfig};
 use serde::Deserialize;
 use url::Url;
 
+use crate::flight::FlightConfig;
 use crate::postgres::PostgresConfig;
 use crate::secret::SecretRef;
 use crate::{Error, Result};
@@ -49,6 +50,9 @@ pub struct StoresFile {
     /// One entry per PostgreSQL database.
     #[serde(default)]
     pub postgres: Vec<PostgresConfig>,
+    /// One entry per remote Flight server.
+    #[serde(default)]
+    pub flight: Vec<FlightConfig>,
 }
 
 /// One bucket (S3, GCS), container (Azure) or host (HTTP) the gateway may read.
@@ -185,6 +189,7 @@ struct Entry {
 pub struct ObjectStores {
     entries: Vec<Entry>,
     databases: BTreeMap<String, PostgresConfig>,
+    servers: BTreeMap<String, FlightConfig>,
 }
 
 impl ObjectStores {
@@ -195,34 +200,29 @@ impl ObjectStores {
         })?;
         let file: StoresFile = serde_yaml::from_str(&text)
             .map_err(|e| Error::InvalidBinding(format!("stores file {}: {e}", path.display())))?;
-        Self::build(&file.stores)?.with_postgres(file.postgres)
+        Self::build(&file.stores)?.with_postgres(file.postgres)?.with_flight(file.flight)
+    }
+
+    /// Adds remote Flight servers; a name given twice is an error.
+    pub fn with_flight(mut self, servers: Vec<FlightConfig>) -> Result<Self> {
+        add_named(&mut self.servers, servers)?;
+        Ok(self)
+    }
+
+    /// The remote server `name`, if it is configured and open to `domain`.
+    pub fn flight(&self, name: &str, domain: &str) -> Result<&FlightConfig> {
+        named(&self.servers, name, domain)
     }
 
     /// Adds PostgreSQL databases; a name given twice is an error.
     pub fn with_postgres(mut self, databases: Vec<PostgresConfig>) -> Result<Self> {
-        for d in databases {
-            d.validate()?;
-            if self.databases.contains_key(&d.name) {
-                return Err(Error::InvalidBinding(format!("database `{}` is configured twice", d.name)));
-            }
-            self.databases.insert(d.name.clone(), d);
-        }
+        add_named(&mut self.databases, databases)?;
         Ok(self)
     }
 
     /// The database `name`, if it is configured and open to `domain`.
     pub fn postgres(&self, name: &str, domain: &str) -> Result<&PostgresConfig> {
-        let d = self.databases.get(name).ok_or_else(|| {
-            Error::InvalidBinding(format!(
-                "database `{name}` is not configured; ask the operator to add it under `postgres:` in the stores file (--stores)"
-            ))
-        })?;
-        match &d.domains {
-            Some(ds) if !ds.iter().any(|d| d == domain) => Err(Error::InvalidBinding(format!(
-                "database `{name}` is not open to domain `{domain}`; ask the operator to add the domain to its `domains`"
-            ))),
-            _ => Ok(d),
-        }
+        named(&self.databases, name, domain)
     }
 
     /// Builds `configs`; a root given twice is an error.
@@ -235,7 +235,7 @@ impl ObjectStores {
             }
             entries.push(Entry { root, domains: c.domains.clone(), store });
         }
-        Ok(Self { entries, databases: BTreeMap::new() })
+        Ok(Self { entries, databases: BTreeMap::new(), servers: BTreeMap::new() })
     }
 
     /// Registers every store with the query engine's runtime, where listing tables find them.
@@ -262,6 +262,76 @@ impl ObjectStores {
             ))),
             _ => Ok(()),
         }
+    }
+}
+
+/// An entry of the stores file that bindings name (a database, a remote server).
+pub(crate) trait Named {
+    /// What it is, for messages (`database`).
+    const WHAT: &'static str;
+    /// Its list's key in the stores file (`postgres`).
+    const KEY: &'static str;
+    /// Its name.
+    fn name(&self) -> &str;
+    /// The domains it is open to; `None`: every domain.
+    fn domains(&self) -> Option<&[String]>;
+    /// Checks what can be checked without connecting.
+    fn validate(&self) -> Result<()>;
+}
+
+impl Named for PostgresConfig {
+    const WHAT: &'static str = "database";
+    const KEY: &'static str = "postgres";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn domains(&self) -> Option<&[String]> {
+        self.domains.as_deref()
+    }
+    fn validate(&self) -> Result<()> {
+        PostgresConfig::validate(self)
+    }
+}
+
+impl Named for FlightConfig {
+    const WHAT: &'static str = "server";
+    const KEY: &'static str = "flight";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn domains(&self) -> Option<&[String]> {
+        self.domains.as_deref()
+    }
+    fn validate(&self) -> Result<()> {
+        FlightConfig::validate(self)
+    }
+}
+
+/// Adds `items` by name, each checked; a name given twice is an error.
+fn add_named<T: Named>(map: &mut BTreeMap<String, T>, items: Vec<T>) -> Result<()> {
+    for item in items {
+        item.validate()?;
+        if map.contains_key(item.name()) {
+            return Err(Error::InvalidBinding(format!("{} `{}` is configured twice", T::WHAT, item.name())));
+        }
+        map.insert(item.name().to_string(), item);
+    }
+    Ok(())
+}
+
+/// The entry `name`, if it is configured and open to `domain`; the error says what to add.
+fn named<'a, T: Named>(map: &'a BTreeMap<String, T>, name: &str, domain: &str) -> Result<&'a T> {
+    let (what, key) = (T::WHAT, T::KEY);
+    let item = map.get(name).ok_or_else(|| {
+        Error::InvalidBinding(format!(
+            "{what} `{name}` is not configured; ask the operator to add it under `{key}:` in the stores file (--stores)"
+        ))
+    })?;
+    match item.domains() {
+        Some(ds) if !ds.iter().any(|d| d == domain) => Err(Error::InvalidBinding(format!(
+            "{what} `{name}` is not open to domain `{domain}`; ask the operator to add the domain to its `domains`"
+        ))),
+        _ => Ok(item),
     }
 }
 

@@ -281,6 +281,7 @@ impl Gateway {
                 let client = crate::audit::Client {
                     address: address.map(|a| a.to_string()),
                     user_agent: parts.headers.get("user-agent").and_then(|v| v.to_str().ok()).map(str::to_string),
+                    on_behalf_of: None,
                 };
                 log.auth_failure(parts.uri.path(), client, &e.to_string());
             })

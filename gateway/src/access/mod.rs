@@ -45,6 +45,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use meshgate_adapters::flight::Caller;
 use meshgate_proto::v1::TicketClaims;
 use meshgate_proto::v1::ticket_claims::Read;
 use serde_json::Value;
@@ -616,7 +617,10 @@ impl AccessCore {
         let (df, schema, parameters) = match &request {
             ReadRequest::Product(spec) => {
                 let (table, r) = view.resolve(&spec.domain, &spec.product, spec.port.as_deref())?;
-                let planned = query::plan(&self.ctx, &r.product, &r.port, table, spec)?;
+                let ctx = SessionContext::new_with_state(
+                    SessionStateBuilder::new_from_existing(self.ctx.state()).with_config(self.read_config(&p)).build(),
+                );
+                let planned = query::plan(&ctx, &r.product, &r.port, table, spec)?;
                 (planned.df, planned.schema, Arc::new(arrow::datatypes::Schema::empty()))
             }
             ReadRequest::Sql(read) => self.plan_sql(&view, read).await?,
@@ -636,13 +640,20 @@ impl AccessCore {
     /// principal sees it, without table functions; anything but a query is refused. Bound
     /// parameter values replace the placeholders; view types become classic ones unless asked
     /// for. Returns the frame, its schema and the statement's parameters.
+    /// The session settings of one read by `p`: the shared ones, and who the read is for
+    /// ([`Caller`], read by adapters that call another gateway).
+    fn read_config(&self, p: &Principal) -> datafusion::prelude::SessionConfig {
+        let caller = Caller { subject: p.subject.clone(), bearer: p.bearer.clone() };
+        self.ctx.copied_config().with_extension(Arc::new(caller))
+    }
+
     async fn plan_sql(&self, view: &Arc<PrincipalView>, read: &SqlRead) -> Result<(DataFrame, SchemaRef, SchemaRef)> {
         if read.query.len() > MAX_STATEMENT_BYTES {
             return Err(Error::StatementTooLong { bytes: read.query.len(), limit: MAX_STATEMENT_BYTES });
         }
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog(CATALOG.into(), Arc::new(MeshCatalog(Arc::clone(view))));
-        let mut config = self.ctx.copied_config();
+        let mut config = self.read_config(view.principal());
         let options = &mut config.options_mut().catalog;
         options.default_catalog = CATALOG.into();
         if let Some(schema) = &read.default_schema {

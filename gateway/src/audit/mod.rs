@@ -94,6 +94,10 @@ pub struct Client {
     pub address: Option<String>,
     /// `user-agent` header.
     pub user_agent: Option<String>,
+    /// The end user a calling gateway reads for (its `x-meshgate-on-behalf-of` header), as that
+    /// gateway names it: recorded, never used to decide.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
 }
 
 /// What was read.
@@ -454,6 +458,7 @@ fn base(kind: &str, rpc: &str, client: &Client, actor: Option<&Principal>) -> Va
         "client": {
             "address": client.address.as_deref().map(cut),
             "user_agent": client.user_agent.as_deref().map(cut),
+            "on_behalf_of": client.on_behalf_of.as_deref().map(cut),
         },
         "actor": actor.map(|p| json!({
             "sub": cut(&p.subject),
@@ -700,7 +705,7 @@ mod tests {
         // A flood of failed logins from many addresses, faster than the writer can run (this
         // loop never yields to it).
         for i in 0..1000 {
-            let client = Client { address: Some(format!("10.0.{}.{}:5000", i / 250, i % 250)), user_agent: None };
+            let client = Client { address: Some(format!("10.0.{}.{}:5000", i / 250, i % 250)), ..Default::default() };
             log.auth_failure("Handshake", client, "unknown user or wrong password");
         }
         assert!(log.check().is_ok(), "the flood left the log healthy");
@@ -714,7 +719,7 @@ mod tests {
         assert!(t.lines().last().unwrap().contains("\"DoGet\""), "the read was recorded");
         // One address alone is limited too, and what is suppressed is summed, per source.
         for _ in 0..100 {
-            let client = Client { address: Some("192.0.2.7:1".into()), user_agent: None };
+            let client = Client { address: Some("192.0.2.7:1".into()), ..Default::default() };
             log.auth_failure("Handshake", client, "unknown user or wrong password");
             log.flush().await;
         }

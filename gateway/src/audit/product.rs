@@ -54,7 +54,7 @@ pub fn schema() -> SchemaRef {
         text("request_id"),
         text("ticket_id"),
         text("replica"),
-        record("client", vec![text("address"), text("user_agent")]),
+        record("client", vec![text("address"), text("user_agent"), text("on_behalf_of")]),
         record("actor", vec![text("sub"), text("iss"), text("auth_method"), list("roles"), text("purpose")]),
         record(
             "resource",

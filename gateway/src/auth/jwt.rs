@@ -526,5 +526,6 @@ fn principal_from(iss: &str, c: &Value, names: &ClaimNames) -> Result<Principal>
         attributes,
         expires_at: c.get("exp").and_then(Value::as_u64).unwrap_or(0),
         auth_time: 0,
+        bearer: None,
     })
 }

@@ -108,7 +108,11 @@ async fn authenticate(mode: &AuthMode, parts: &http::request::Parts) -> Result<O
         .and_then(|i| i.peer_certs())
         .and_then(|certs| certs.first().map(|c| c.to_vec()));
     match credentials(&parts.headers)? {
-        Credentials::Bearer(t) => Ok(Some(auth.verify_bearer(t).await?.as_ref().clone())),
+        Credentials::Bearer(t) => {
+            let mut p = auth.verify_bearer(t).await?.as_ref().clone();
+            p.bearer = Some(t.to_string().into());
+            Ok(Some(p))
+        }
         // A client certificate verified by the TLS handshake is an identity.
         Credentials::None if certificate.is_some() => {
             Ok(Some(auth.verify_certificate(&certificate.unwrap_or_default())?))

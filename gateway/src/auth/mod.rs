@@ -68,6 +68,10 @@ pub struct Principal {
     /// stretched by renewing (0 when unknown).
     #[serde(skip)]
     pub auth_time: u64,
+    /// The bearer token this call presented, for products that forward the caller's identity to
+    /// another gateway (never serialized, never printed).
+    #[serde(skip)]
+    pub bearer: Option<meshgate_adapters::secret::Secret>,
 }
 
 impl Principal {
@@ -85,6 +89,7 @@ impl Principal {
             attributes: BTreeMap::new(),
             expires_at: 0,
             auth_time: 0,
+            bearer: None,
         }
     }
 }

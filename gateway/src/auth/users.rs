@@ -63,6 +63,7 @@ impl User {
             attributes: self.attributes.clone(),
             expires_at: 0,
             auth_time: 0,
+            bearer: None,
         }
     }
 }

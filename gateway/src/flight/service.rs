@@ -49,6 +49,11 @@ fn client<T>(req: &Request<T>) -> Client {
     Client {
         address: req.remote_addr().map(|a| a.to_string()),
         user_agent: req.metadata().get("user-agent").and_then(|v| v.to_str().ok()).map(str::to_string),
+        on_behalf_of: req
+            .metadata()
+            .get(meshgate_adapters::flight::ON_BEHALF_OF)
+            .and_then(|v| v.to_str().ok())
+            .map(crate::text::clip),
     }
 }
 
