@@ -9,13 +9,21 @@
 # read through meshgate and with adbc_driver_postgresql (bench/postgres_bench.py).
 #
 #   bash bench/run.sh postgres [SCALE]
+#
+# `pushdown` first: a governed read of the same table partitioned by l_shipmode (pyarrow's
+# dataset writer), through two gateways, one with --no-storage-pushdown
+# (bench/pushdown_bench.py).
+#
+#   bash bench/run.sh pushdown [SCALE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bench=flight
-if [ "${1:-}" = postgres ]; then
-  bench=postgres
-  shift
-fi
+case "${1:-}" in
+  postgres | pushdown)
+    bench="$1"
+    shift
+    ;;
+esac
 scale="${1:-1}"
 venv="${MESHGATE_VENV:-.venv}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"

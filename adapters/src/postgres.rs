@@ -736,11 +736,20 @@ impl ExecutionPlan for PostgresScan {
         let announced = Arc::clone(&schema);
         let rows = async move {
             tracing::debug!(database = %db.name, %sql, "postgres: query");
-            let conn = db.connection().await.map_err(Error::into_datafusion)?;
-            let stream = conn
-                .query_arrow(&sql, &[], Some(Arc::clone(&announced)))
-                .await
-                .map_err(|e| db.unavailable(e.as_ref()).into_datafusion())?;
+            let mut conn = db.connection().await.map_err(Error::into_datafusion)?;
+            let stream = match conn.query_arrow(&sql, &[], Some(Arc::clone(&announced))).await {
+                Ok(s) => s,
+                // A pooled connection opened before the database restarted fails its first
+                // statement: one more try on a fresh connection (nothing was streamed yet).
+                Err(e) => {
+                    tracing::debug!(database = %db.name, error = %e, "postgres: retrying on a fresh connection");
+                    drop(conn);
+                    conn = db.connection().await.map_err(Error::into_datafusion)?;
+                    conn.query_arrow(&sql, &[], Some(Arc::clone(&announced)))
+                        .await
+                        .map_err(|e| db.unavailable(e.as_ref()).into_datafusion())?
+                }
+            };
             // The connection goes back to the pool when the stream ends or is dropped.
             let failed = Arc::clone(&db);
             Ok::<_, DataFusionError>(stream.map(move |batch| {

@@ -73,6 +73,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "MESHGATE_RETRY_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub retry_interval: Duration,
 
+    /// Diagnostic: governed reads hand the storage neither the row filter nor the caller's
+    /// predicates (every partition and row group is read; results are the same). For measuring
+    /// what pushdown saves.
+    #[arg(long, env = "MESHGATE_NO_STORAGE_PUSHDOWN")]
+    pub no_storage_pushdown: bool,
+
     /// Do not reload the catalog when files under the mesh folder change.
     #[arg(long, env = "MESHGATE_NO_WATCH")]
     pub no_watch: bool,
@@ -174,6 +180,7 @@ impl GatewayConfig {
             stores: None,
             listing_ttl: Duration::from_secs(30),
             retry_interval: Duration::from_secs(30),
+            no_storage_pushdown: false,
             auth: None,
             insecure_no_auth: true,
             audit_log: None,

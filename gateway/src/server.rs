@@ -103,6 +103,9 @@ pub fn open_catalog(config: &GatewayConfig, mesh: &Path, memory: MemoryAdapter) 
 /// The DataFusion session every request plans in.
 fn session_context(config: &GatewayConfig) -> Result<SessionContext> {
     let mut session = SessionConfig::new().with_batch_size(config.batch_size).with_information_schema(false);
+    if config.no_storage_pushdown {
+        session = session.with_extension(Arc::new(crate::governance::StoragePushdownOff));
+    }
     let options = session.options_mut();
     // Older Flight SQL / JDBC clients cannot read view types: unless asked, every adapter serves
     // plain Utf8/Binary (`StringTypes::of_session` reads this switch), whatever the files hold.

@@ -22,9 +22,10 @@ ADMIN_PASSWORD = "admin-test-password"
 class Postgres:
     """A PostgreSQL server of its own in a new temporary folder (removed by `remove`), on a free
     port of 127.0.0.1, logging every statement. Runs as `nobody` when the tests run as root
-    (PostgreSQL refuses root; the folder is then outside pytest's private temporary tree)."""
+    (PostgreSQL refuses root; the folder is then outside pytest's private temporary tree).
+    With `tls` (a folder of `server.pem`/`server.key`), it also accepts TLS connections."""
 
-    def __init__(self):
+    def __init__(self, tls: Path | None = None):
         root = Path(tempfile.mkdtemp(prefix="meshgate-pg-"))
         root.chmod(0o755)
         self.root = root
@@ -47,10 +48,18 @@ class Postgres:
             check=True, capture_output=True,
         )
         pwfile.unlink()
+        self.tls = ""
+        if tls is not None:
+            for name in ("server.pem", "server.key"):
+                shutil.copy(tls / name, root / name)
+                (root / name).chmod(0o600)
+                if self.as_owner:
+                    shutil.chown(root / name, "nobody", "nogroup")
+            self.tls = f" -c ssl=on -c ssl_cert_file={root / 'server.pem'} -c ssl_key_file={root / 'server.key'}"
 
     def start(self):
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c log_statement=all "
-                   "-c fsync=off")
+                   "-c fsync=off" + self.tls)
         subprocess.run([*self.as_owner, str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.logfile),
                         "-o", options, "-w", "start"], check=True, capture_output=True)
 

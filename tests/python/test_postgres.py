@@ -7,6 +7,9 @@ mid-stream."""
 import datetime
 import decimal
 import json
+import shutil
+import subprocess
+import tempfile
 import os
 import socket
 import threading
@@ -18,7 +21,7 @@ import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import Server, product, read
+from conftest import REPO, Server, product, read
 from pgserver import PG_BIN, Postgres
 
 
@@ -56,7 +59,11 @@ ORDER_COLUMNS = [("id", "integer"), ("region", "string"), ("amount", "integer"),
 def pg():
     if PG_BIN is None:
         pytest.fail("PostgreSQL server binaries are not installed (scripts/test.sh installs them)")
-    server = Postgres()
+    certs = Path(tempfile.mkdtemp(prefix="meshgate-pg-certs-"))
+    for d in ("ours", "theirs"):
+        subprocess.run(["bash", str(REPO / "certs" / "make-dev-certs.sh"), str(certs / d)], check=True, capture_output=True)
+    server = Postgres(tls=certs / "ours")
+    server.certs = certs
     try:
         server.start()
         server.sql(f"CREATE ROLE reader LOGIN PASSWORD '{READER_PASSWORD}'; CREATE DATABASE sales;")
@@ -65,6 +72,7 @@ def pg():
         server.stop("immediate")
     finally:
         server.remove()
+        shutil.rmtree(certs, ignore_errors=True)
 
 
 def write_mesh(root: Path, pg: Postgres, *, retry: bool = False) -> tuple[Path, Path]:
@@ -79,6 +87,8 @@ def write_mesh(root: Path, pg: Postgres, *, retry: bool = False) -> tuple[Path, 
     stores.write_text(json.dumps({"postgres": [
         dict(base, name="sales_db", domains=["sales"]),
         dict(base, name="down_db", port=closed_port),
+        dict(base, name="tls_db", sslMode="verify-full", sslRootCert=str(pg.certs / "ours" / "ca.pem")),
+        dict(base, name="untrusted_db", sslMode="verify-full", sslRootCert=str(pg.certs / "theirs" / "ca.pem")),
     ]}))
     mesh = root / "mesh"
     mesh.mkdir()
@@ -94,6 +104,10 @@ def write_mesh(root: Path, pg: Postgres, *, retry: bool = False) -> tuple[Path, 
             {"adapter": "postgres", "database": "sales_db", "table": "big"})
     product(mesh, "sales", "priced", [("id", "integer"), ("price", None)],
             {"adapter": "postgres", "database": "sales_db", "table": "money_table"})
+    product(mesh, "sales", "orders_tls", ORDER_COLUMNS,
+            {"adapter": "postgres", "database": "tls_db", "table": "orders"})
+    product(mesh, "sales", "orders_untrusted", ORDER_COLUMNS,
+            {"adapter": "postgres", "database": "untrusted_db", "table": "orders"})
     product(mesh, "sales", "down", ORDER_COLUMNS, {"adapter": "postgres", "database": "down_db", "table": "orders"})
     product(mesh, "other", "peek", ORDER_COLUMNS, {"adapter": "postgres", "database": "sales_db", "table": "orders"})
     product(mesh, "files", "local", [("n", "integer")], {"adapter": "files", "location": "data/", "format": "parquet"})
@@ -179,6 +193,14 @@ def test_order_comparisons_on_text_stay_in_datafusion(gateway, pg):
     assert sorted(got.column("id").to_pylist()) == sorted(i for i in range(1, 31) if f"n{i}" < "n2")
     sql = next(s for s in sent if "orders" in s)
     assert "\"id\" <= 30" in sql and "note\" <" not in sql, sql
+
+
+def test_tls_to_the_database_checks_its_certificate(gateway):
+    with gateway.client() as c:
+        assert read(c, "sales", "orders_tls").num_rows == 1000
+        with pytest.raises(flight.FlightUnavailableError) as e:
+            read(c, "sales", "orders_untrusted")
+        assert "database `untrusted_db`" in str(e.value), str(e.value)
 
 
 def test_a_read_only_query_binding(gateway, pg):

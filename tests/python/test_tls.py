@@ -71,3 +71,38 @@ def test_client_certificates_are_identities(tmp_path, sample_mesh):
             assert all(i.descriptor.path[1] != b"orders" for i in c.list_flights()), "alice's products are not mallory's"
     finally:
         server.stop()
+
+
+def test_a_gateway_reads_another_over_tls(tmp_path, sample_mesh):
+    """Federation over TLS: the remote's certificate must chain to `tlsRootCert`; a plain
+    connection to a TLS gateway makes only that product unavailable."""
+    import json
+
+    from conftest import product, read
+
+    certs = tmp_path / "certs"
+    subprocess.run(["bash", str(REPO / "certs" / "make-dev-certs.sh"), str(certs)], check=True, capture_output=True)
+    hq = Server(sample_mesh, "--no-watch", "--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key"))
+    try:
+        stores = tmp_path / "stores.yaml"
+        stores.write_text(json.dumps({"flight": [
+            {"name": "hq", "url": f"grpc+tls://{hq.addr}", "tlsRootCert": str(certs / "ca.pem")},
+            {"name": "hq_plain", "url": f"grpc://{hq.addr}", "connectTimeout": "2s", "timeout": "5s"},
+        ]}))
+        mesh = tmp_path / "edge"
+        columns = [("warehouse_id", None), ("city", "string")]
+        product(mesh, "remote", "warehouses", columns,
+                {"adapter": "flight", "server": "hq", "product": "logistics/warehouses"})
+        product(mesh, "remote", "plain", columns,
+                {"adapter": "flight", "server": "hq_plain", "product": "logistics/warehouses"})
+        edge = Server(mesh, "--no-watch", "--stores", str(stores))
+        try:
+            with edge.client() as c:
+                t = read(c, "remote", "warehouses")
+                assert t.num_rows == 24 and t.column_names == ["warehouse_id", "city"]
+                with pytest.raises(flight.FlightUnavailableError, match="server `hq_plain`"):
+                    read(c, "remote", "plain")
+        finally:
+            edge.stop()
+    finally:
+        hq.stop()

@@ -52,7 +52,7 @@ pub mod table;
 
 pub use mask::MaskStrategy;
 pub use policy::{Action, Policies, ProductAttrs, Resource, Verdict};
-pub use table::{GovernedTable, OutputColumn, check_guarded, columns_read, explain};
+pub use table::{GovernedTable, OutputColumn, StoragePushdownOff, check_guarded, columns_read, explain};
 
 use crate::auth::Principal;
 use crate::catalog::{Port, Product};

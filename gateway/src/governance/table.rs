@@ -45,6 +45,12 @@ pub struct OutputColumn {
     pub expr: Expr,
 }
 
+/// In a session's config (`--no-storage-pushdown`): governed tables hand the storage neither
+/// the row filter nor caller predicates, and read every partition and row group; the guard
+/// filters as always. For measuring what pushdown saves, and for ruling it out when diagnosing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoragePushdownOff;
+
 /// A product as one principal may see it.
 #[derive(Debug)]
 pub struct GovernedTable {
@@ -116,7 +122,11 @@ impl TableProvider for GovernedTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let wanted: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..self.columns.len()).collect());
         let inner_schema = self.inner.schema();
-        let (pushed, to_apply) = self.storage_filters(filters)?;
+        let (pushed, to_apply) = if state.config().get_extension::<StoragePushdownOff>().is_some() {
+            (Vec::new(), Vec::new())
+        } else {
+            self.storage_filters(filters)?
+        };
         let mut needed = std::collections::BTreeSet::new();
         for e in wanted.iter().map(|i| &self.columns[*i].expr).chain(self.row_filter.iter()).chain(to_apply.iter()) {
             for c in e.column_refs() {
@@ -571,5 +581,17 @@ mod tests {
         let (batches, _, rows) = run(&ctx, "SELECT id FROM orders WHERE 1000 / (amount + 1) > 0").await;
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 50);
         assert_eq!(rows, 100);
+    }
+
+    #[tokio::test]
+    async fn with_pushdown_off_every_file_is_read_and_the_guard_still_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        partitioned(dir.path());
+        let config = datafusion::prelude::SessionConfig::new().with_extension(Arc::new(StoragePushdownOff));
+        let ctx = SessionContext::new_with_config(config);
+        ctx.register_table("orders", Arc::new(governed(dir.path(), &ctx, true).await)).unwrap();
+        let (batches, files, rows) = run(&ctx, "SELECT id FROM orders WHERE amount >= 1000").await;
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 50);
+        assert_eq!((files, rows), (6, 300), "every region, every row");
     }
 }
