@@ -15,6 +15,6 @@ RUN useradd --system --home /srv/meshgate meshgate && mkdir -p /srv/meshgate/aud
 COPY --from=build /src/target/release/meshgate /usr/local/bin/meshgate
 USER meshgate
 WORKDIR /srv/meshgate
-EXPOSE 8815
+EXPOSE 8815 8816
 ENTRYPOINT ["meshgate"]
-CMD ["serve", "--listen", "0.0.0.0:8815", "--allow-plaintext", "--mesh", "/mesh", "--auth", "/config/auth.yaml", "--audit-log", "/srv/meshgate/audit"]
+CMD ["serve", "--listen", "0.0.0.0:8815", "--http-listen", "0.0.0.0:8816", "--allow-plaintext", "--mesh", "/mesh", "--auth", "/config/auth.yaml", "--audit-log", "/srv/meshgate/audit"]

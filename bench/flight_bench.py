@@ -221,7 +221,7 @@ def main():
         mesh = Path(tmp) / "mesh"
         write_mesh(mesh, "lineitem_ipc", ipc, "arrow")
         write_mesh(mesh, "lineitem", parquet, "parquet")
-        meshgate = [args.meshgate, "--log-format", "json", "serve", "--insecure-no-auth", "--no-watch",
+        meshgate = [args.meshgate, "--log-format", "json", "serve", "--http-listen", "off", "--insecure-no-auth", "--no-watch",
                     "--mesh", str(mesh), "--listen", "127.0.0.1:0", "--storage-root", str(HERE / "data"), *args.meshgate_arg]
         peer = [sys.executable, str(HERE / "peer_server.py")]
         servers = [

@@ -32,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "python"))
 from pgserver import ADMIN_PASSWORD, Postgres  # noqa: E402
 
+from flight_bench import start  # noqa: E402  (one way to start a server and drain its log)
+
 LINEITEM = """CREATE TABLE lineitem (
   l_orderkey bigint NOT NULL, l_partkey bigint NOT NULL, l_suppkey bigint NOT NULL,
   l_linenumber integer NOT NULL, l_quantity numeric(15,2) NOT NULL,
@@ -119,17 +121,9 @@ def main():
         pg.sql(LINEITEM, db="tpch")
         pg.sql(f"\\copy lineitem FROM '{data}' WITH (FORMAT csv, HEADER true)\nANALYZE lineitem;", db="tpch")
         mesh, stores = write_mesh(Path(tempfile.mkdtemp()), pg.port)
-        server = subprocess.Popen(
-            [args.meshgate, "--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--mesh", str(mesh),
-             "--insecure-no-auth", "--no-watch", "--stores", str(stores)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        for line in server.stderr:
-            record = json.loads(line)
-            if record["fields"].get("message") == "listening":
-                addr = record["fields"]["addr"]
-                break
-        else:
-            raise RuntimeError("meshgate exited before listening")
+        server, addr = start(
+            [args.meshgate, "--log-format", "json", "serve", "--http-listen", "off", "--listen", "127.0.0.1:0", "--mesh", str(mesh),
+             "--insecure-no-auth", "--no-watch", "--stores", str(stores)])
         uri = f"postgresql://postgres:{ADMIN_PASSWORD}@127.0.0.1:{pg.port}/tpch"
         results = [
             ("adbc_driver_postgresql (peer)", *timed(lambda: adbc_read(uri), args.rounds)),

@@ -29,6 +29,8 @@ import pyarrow.dataset as ds
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
 
+from flight_bench import start
+
 HERE = Path(__file__).resolve().parent
 LOGICAL = {"int": "integer", "decimal": "number", "double": "number", "string": "string", "date32": "date"}
 
@@ -76,17 +78,11 @@ def write_mesh(root: Path, meshgate: str, data: Path) -> Path:
     return mesh
 
 
-def start(meshgate: str, root: Path, mesh: Path, name: str, *extra: str) -> tuple[subprocess.Popen, str]:
-    p = subprocess.Popen(
-        [meshgate, "--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--mesh", str(mesh), "--no-watch",
+def serve(meshgate: str, root: Path, mesh: Path, name: str, *extra: str) -> tuple[subprocess.Popen, str]:
+    return start(
+        [meshgate, "--log-format", "json", "serve", "--http-listen", "off", "--listen", "127.0.0.1:0", "--mesh", str(mesh), "--no-watch",
          "--auth", str(root / "auth.yaml"), "--audit-log", str(root / f"audit-{name}"),
-         "--storage-root", str(HERE / "data"), *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    for line in p.stderr:
-        record = json.loads(line)
-        if record["fields"].get("message") == "listening":
-            return p, record["fields"]["addr"]
-    raise RuntimeError(f"meshgate ({name}) exited before listening")
+         "--storage-root", str(HERE / "data"), *extra])
 
 
 def read(addr: str, token: str, **query) -> int:
@@ -113,9 +109,9 @@ def main():
         token = subprocess.run(
             [args.meshgate, "token", "issue", "--auth", str(root / "auth.yaml"), "--sub", "alice", "--roles", "analyst"],
             check=True, capture_output=True, text=True).stdout.strip()
-        on = start(args.meshgate, root, mesh, "on")
+        on = serve(args.meshgate, root, mesh, "on")
         servers.append(on[0])
-        off = start(args.meshgate, root, mesh, "off", "--no-storage-pushdown")
+        off = serve(args.meshgate, root, mesh, "off", "--no-storage-pushdown")
         servers.append(off[0])
         cases = [("row filter only (1 of 7 partitions)", {}),
                  ("row filter and `l_quantity < 5`", {"filter": "l_quantity < 5"})]

@@ -5,11 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests need: PostgreSQL server binaries (the PostgreSQL adapter's tests run a
-# throwaway server) and OpenSSL headers (its TLS to the database).
+# throwaway server), OpenSSL headers (its TLS to the database), and Chromium with its driver
+# (the catalog's pages are tested in a headless browser).
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev pkg-config)
+# A real browser for the catalog page tests (Selenium drives Chromium through chromedriver).
+{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || need+=(chromium chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -344,7 +344,7 @@ impl Source {
         }
     }
 
-    fn from_clause(&self) -> String {
+    fn sql_source(&self) -> String {
         match self {
             Source::Table(t) => t.clone(),
             Source::Query(q) => format!("({q}) AS \"meshgate_source\""),
@@ -403,20 +403,20 @@ impl Db {
     async fn describe(&self, source: &Source) -> Result<Vec<PgColumn>> {
         let conn = self.connection().await?;
         let client = &*conn.conn;
-        let statement =
-            client.prepare(&format!("SELECT * FROM {}", source.from_clause())).await.map_err(|e| {
-                match e.code().map(|c| c.code()) {
-                    Some("42P01") => {
-                        Error::InvalidBinding(format!("database `{}` has no table {}", self.name, source.from_clause()))
-                    }
-                    Some(c) if c.starts_with("42") => Error::InvalidBinding(format!(
-                        "database `{}` refused the binding's SQL: {}",
-                        self.name,
-                        e.as_db_error().map(|d| d.message()).unwrap_or("syntax or permission error")
-                    )),
-                    _ => self.unavailable(&e),
-                }
-            })?;
+        let statement = client.prepare(&format!("SELECT * FROM {}", source.sql_source())).await.map_err(|e| match e
+            .code()
+            .map(|c| c.code())
+        {
+            Some("42P01") => {
+                Error::InvalidBinding(format!("database `{}` has no table {}", self.name, source.sql_source()))
+            }
+            Some(c) if c.starts_with("42") => Error::InvalidBinding(format!(
+                "database `{}` refused the binding's SQL: {}",
+                self.name,
+                e.as_db_error().map(|d| d.message()).unwrap_or("syntax or permission error")
+            )),
+            _ => self.unavailable(&e),
+        })?;
         let mut columns = Vec::new();
         let mut names = std::collections::HashSet::new();
         for c in statement.columns() {
@@ -572,7 +572,7 @@ impl Shape {
             };
             columns.iter().map(|&i| column(i)).collect::<Vec<_>>().join(", ")
         };
-        let mut sql = format!("SELECT {list} FROM {}", self.source.from_clause());
+        let mut sql = format!("SELECT {list} FROM {}", self.source.sql_source());
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&conditions.iter().map(|c| format!("({c})")).collect::<Vec<_>>().join(" AND "));
@@ -794,9 +794,9 @@ mod tests {
             query: q.map(Into::into),
             split: None,
         };
-        assert_eq!(Source::of(&b(Some("public.orders"), None)).unwrap().from_clause(), "\"public\".\"orders\"");
-        assert_eq!(Source::of(&b(Some("\"My \"\"T\"\"\""), None)).unwrap().from_clause(), "\"My \"\"T\"\"\"");
-        let q = Source::of(&b(None, Some("select a from t -- trailing\n"))).unwrap().from_clause();
+        assert_eq!(Source::of(&b(Some("public.orders"), None)).unwrap().sql_source(), "\"public\".\"orders\"");
+        assert_eq!(Source::of(&b(Some("\"My \"\"T\"\"\""), None)).unwrap().sql_source(), "\"My \"\"T\"\"\"");
+        let q = Source::of(&b(None, Some("select a from t -- trailing\n"))).unwrap().sql_source();
         assert_eq!(q, "(SELECT a FROM t) AS \"meshgate_source\"");
         for bad in ["select 1; drop table t", "delete from t", "select * from t for update", ""] {
             assert!(Source::of(&b(None, Some(bad))).is_err(), "{bad}");

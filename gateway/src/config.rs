@@ -159,6 +159,45 @@ pub struct GatewayConfig {
     /// Threads that plan and execute reads, apart from those answering calls (0: one per core).
     #[arg(long, env = "MESHGATE_EXEC_THREADS", default_value_t = 0)]
     pub exec_threads: usize,
+
+    /// Address of the HTTP side port: probes (`/healthz`, `/readyz`), `/metrics`, the catalog
+    /// API and pages (docs/operations.md). Port 0 picks a free port; `off` closes it.
+    #[arg(long, env = "MESHGATE_HTTP_LISTEN", default_value = "127.0.0.1:8816", value_parser = parse_http_listen)]
+    pub http_listen: HttpListen,
+
+    /// Who may scrape `/metrics`: `none` (anyone reaching the port) or `admin` (a bearer token of
+    /// a principal allowed to operate the gateway).
+    #[arg(long, env = "MESHGATE_METRICS_AUTH", value_enum, default_value = "none")]
+    pub metrics_auth: crate::http::MetricsAuth,
+
+    /// Consumers labelled by name in metrics; later ones are counted together as `_other`.
+    #[arg(long, env = "MESHGATE_METRICS_MAX_CONSUMERS", default_value_t = crate::metrics::DEFAULT_MAX_CONSUMERS)]
+    pub metrics_max_consumers: usize,
+
+    /// Mark the catalog's cookies `Secure` (the HTTP port is reached through a TLS-terminating
+    /// proxy).
+    #[arg(long, env = "MESHGATE_HTTP_COOKIE_SECURE")]
+    pub http_cookie_secure: bool,
+
+    /// The Flight address clients use, shown in the catalog's snippets (default:
+    /// `grpc://` or `grpc+tls://` and the address the gateway listens on).
+    #[arg(long, env = "MESHGATE_FLIGHT_URL")]
+    pub flight_url: Option<String>,
+}
+
+/// Where the HTTP side port listens, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpListen(pub Option<SocketAddr>);
+
+/// Parses `--http-listen`: an address, or `off`.
+pub fn parse_http_listen(s: &str) -> Result<HttpListen, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(HttpListen(None));
+    }
+    s.trim()
+        .parse()
+        .map(|a| HttpListen(Some(a)))
+        .map_err(|_| format!("`{s}` is not an address (e.g. 127.0.0.1:8816) or `off`"))
 }
 
 impl GatewayConfig {
@@ -197,6 +236,11 @@ impl GatewayConfig {
             statement_max_rows: 0,
             max_concurrent_reads: crate::access::DEFAULT_MAX_READS,
             exec_threads: 0,
+            http_listen: HttpListen(None),
+            metrics_auth: crate::http::MetricsAuth::None,
+            metrics_max_consumers: crate::metrics::DEFAULT_MAX_CONSUMERS,
+            http_cookie_secure: false,
+            flight_url: None,
         }
     }
 }

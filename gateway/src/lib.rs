@@ -19,6 +19,10 @@
 //! - [`ticket`]: HMAC-signed stateless tickets.
 //! - [`flight`]: the Flight front (decode → core → encode) and its wire encoding.
 //! - [`server`]: bind, serve, TLS, graceful shutdown.
+//! - [`http`]: the HTTP side port: probes, Prometheus metrics, the catalog's JSON API and pages.
+//! - [`metrics`]: what is counted (calls, rows and bytes served, caches, health) and the RPC
+//!   layer that counts, times and traces every call.
+//! - [`telemetry`]: logs, and OpenTelemetry export of each call's span over OTLP.
 //! - [`text`]: bounding values echoed in errors and logs.
 //! - [`net`]: socket options on accepted connections (`TCP_NODELAY`, keep-alive).
 //! - [`sample`]: the bundled sample mesh and its data generator.
@@ -33,10 +37,13 @@ pub mod catalog;
 pub mod config;
 pub mod flight;
 pub mod governance;
+pub mod http;
+pub mod metrics;
 pub mod net;
 pub mod query;
 pub mod sample;
 pub mod server;
+pub mod telemetry;
 pub mod text;
 pub mod ticket;
 

@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use meshgate::auth::users::{User, Users};
 use meshgate::auth::{AuthConfig, GatewayTokens, Principal};
 use meshgate::catalog::CatalogState;
+use meshgate::telemetry::{self, LogFormat};
 use meshgate::{Gateway, GatewayConfig, sample, server};
 use meshgate_adapters::memory::MemoryAdapter;
 
@@ -17,20 +18,18 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "MESHGATE_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
+    /// Export a span per call to this OpenTelemetry collector (OTLP over gRPC,
+    /// `http://host:4317`). Off when not given.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve a mesh (the bundled sample mesh in ./mesh when --mesh is not given).
-    Serve(GatewayConfig),
+    Serve(Box<GatewayConfig>),
     /// Validate a mesh folder: print every problem with file, field and fix.
     Check {
         /// Mesh folder.
@@ -143,15 +142,6 @@ enum SampleCommand {
     },
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 /// Stack of every runtime thread. Planning recurses over expression trees; requests are bounded
 /// (`query::EXPRESSION_LIMITS`) so that the bound, not the stack, is what a large one meets, and
 /// this leaves a wide margin over what the bound needs.
@@ -159,21 +149,36 @@ const THREAD_STACK_BYTES: usize = 16 << 20;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(THREAD_STACK_BYTES).build();
-    match runtime {
-        Ok(rt) => rt.block_on(run(cli)),
+    let rt = match runtime {
+        Ok(rt) => rt,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
-            ExitCode::FAILURE
+            eprintln!("meshgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
         }
-    }
+    };
+    // The exporter's connections live on the runtime.
+    let telemetry = {
+        let _in = rt.enter();
+        telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref())
+    };
+    let telemetry = match telemetry {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("meshgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = rt.block_on(run(cli));
+    // Outside the runtime's tasks: the last export runs on the runtime while this thread waits.
+    telemetry.shutdown();
+    code
 }
 
 async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
-        Command::Serve(config) => serve(config).await,
+        Command::Serve(config) => serve(*config).await,
         Command::Check { mesh, storage_roots, stores } => check(&mesh, storage_roots, stores).await,
         Command::Sample(SampleCommand::Write { dir, scale }) => {
             sample::write(&dir, scale).map(|_| ExitCode::SUCCESS).map_err(|e| e.to_string())

@@ -26,6 +26,9 @@ use crate::auth::{AuthConfig, Authenticator};
 use crate::catalog::{Catalog, CatalogWatcher, RetryTimer};
 use crate::config::GatewayConfig;
 use crate::flight::MeshFlightService;
+use crate::http::{HttpOptions, HttpServer};
+use crate::metrics::Metrics;
+use crate::metrics::rpc::RpcLayer;
 use crate::ticket::TicketSigner;
 
 /// Result with the server's [`Error`].
@@ -81,6 +84,7 @@ pub struct Gateway {
     stop: tokio::sync::watch::Sender<bool>,
     _watcher: Option<CatalogWatcher>,
     _retry: Option<RetryTimer>,
+    http: Option<HttpServer>,
 }
 
 /// Memory for cached listings of remote locations.
@@ -201,6 +205,21 @@ impl Gateway {
                 ));
             }
         };
+        if let Some(at) = config.http_listen.0
+            && !at.ip().is_loopback()
+        {
+            if authenticator.is_none() {
+                return Err(Error::Config(format!(
+                    "--insecure-no-auth serves the HTTP port on loopback only, not {at}: configure --auth, or --http-listen 127.0.0.1:8816"
+                )));
+            }
+            if !config.allow_plaintext {
+                return Err(Error::Config(format!(
+                    "refusing the HTTP port on non-loopback address {at} without TLS (sign-in sends passwords): put a TLS-terminating proxy in front and pass --allow-plaintext --http-cookie-secure, or --http-listen off"
+                )));
+            }
+        }
+        let metrics = Arc::new(Metrics::new(config.metrics_max_consumers));
         let (ctx, catalog) = open_catalog(&config, &mesh, memory)?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut core = AccessCore::builder(catalog, ctx, signer)
@@ -214,7 +233,8 @@ impl Gateway {
                     max_rows: Some(config.statement_max_rows).filter(|n| *n > 0),
                 },
             })
-            .with_stop(stopped);
+            .with_stop(stopped)
+            .with_metrics(Arc::clone(&metrics));
         if let Some(log) = &audit {
             core = core.with_audit(Arc::clone(log)).with_builtin(crate::audit::product::product(log.dir()));
         }
@@ -297,13 +317,41 @@ impl Gateway {
         }
         let (tx, rx) = oneshot::channel::<()>();
         let router = builder
+            .layer(RpcLayer::new(Arc::clone(&metrics)))
             .layer(tower::util::MapResponseLayer::new(crate::net::undecodable_is_invalid_argument))
             .layer(AuthLayer::new(mode, on_failure))
             .add_service(service);
         let task = tokio::spawn(router.serve_with_incoming_shutdown(crate::net::accept(listener), async {
             let _ = rx.await;
         }));
-        tracing::info!(%addr, tls = config.tls_cert.is_some(), mesh = %core.mesh_dir().display(), "listening");
+        let http = match config.http_listen.0 {
+            Some(at) => {
+                let listener = TcpListener::bind(at).await.map_err(|source| Error::Io {
+                    context: format!("cannot listen on {at} (--http-listen)"),
+                    source,
+                })?;
+                let scheme = if config.tls_cert.is_some() { "grpc+tls" } else { "grpc" };
+                let options = HttpOptions {
+                    metrics_auth: config.metrics_auth,
+                    secure_cookies: config.http_cookie_secure,
+                    flight_url: config.flight_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}")),
+                };
+                Some(
+                    HttpServer::start(
+                        listener,
+                        Arc::clone(&core),
+                        authenticator.clone(),
+                        audit.clone(),
+                        metrics,
+                        options,
+                    )
+                    .map_err(|source| Error::Io { context: "starting the HTTP port".into(), source })?,
+                )
+            }
+            None => None,
+        };
+        let http_addr = http.as_ref().map(|h| h.local_addr().to_string()).unwrap_or_default();
+        tracing::info!(%addr, %http_addr, tls = config.tls_cert.is_some(), mesh = %core.mesh_dir().display(), "listening");
         Ok(Self {
             addr,
             core,
@@ -314,12 +362,18 @@ impl Gateway {
             stop,
             _watcher: watcher,
             _retry: retry,
+            http,
         })
     }
 
     /// The address the gateway listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the HTTP side port, when open.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(HttpServer::local_addr)
     }
 
     /// The access core serving the mesh.
@@ -336,6 +390,9 @@ impl Gateway {
     /// the rest (`UNAVAILABLE`, outcome recorded) and wait for their records; then commit and
     /// close the audit log.
     pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(http) = self.http.take() {
+            http.shutdown().await;
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

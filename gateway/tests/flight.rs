@@ -343,7 +343,7 @@ async fn memory_products_serve_through_the_same_path() {
         Field::new("hidden", DataType::Int64, false),
     ]));
     let batch = arrow::array::RecordBatch::try_new(
-        schema.clone(),
+        std::sync::Arc::clone(&schema),
         vec![
             std::sync::Arc::new(Int64Array::from_iter_values(0..100)),
             std::sync::Arc::new(Int64Array::from_iter_values(0..100)),

@@ -17,11 +17,13 @@ BIN = Path(os.environ.get("MESHGATE_BIN", REPO / "target" / "debug" / "meshgate"
 class Server:
     """A running gateway process and the address it bound."""
 
-    def __init__(self, mesh: Path | None, *args: str, cwd: Path | None = None, secure: bool = False):
+    def __init__(self, mesh: Path | None, *args: str, cwd: Path | None = None, secure: bool = False,
+                 env: dict[str, str] | None = None):
         """Serves `mesh` without authentication, or (`mesh=None`, `secure=True`) the sample mesh
-        the way `meshgate serve` does with no arguments: in `cwd`, authentication on."""
+        the way `meshgate serve` does with no arguments: in `cwd`, authentication on. `env` adds
+        to the environment the process inherits."""
         self.mesh = mesh
-        command = [str(BIN), "--log-format", "json", "serve", "--listen", "127.0.0.1:0"]
+        command = [str(BIN), "--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
         if mesh is not None:
             command += ["--mesh", str(mesh)]
         if not secure:
@@ -32,6 +34,7 @@ class Server:
             stderr=subprocess.PIPE,
             text=True,
             cwd=cwd,
+            env={**os.environ, **(env or {})},
         )
         self.log = []
         # The server logs a `listening` record once bound: wait for that line, not for a time.
@@ -40,6 +43,8 @@ class Server:
             record = json.loads(line)
             if record["fields"].get("message") == "listening":
                 self.addr = record["fields"]["addr"]
+                # The HTTP side port (probes, metrics, catalog), as a base URL.
+                self.http = f"http://{record['fields']['http_addr']}"
                 break
         else:
             raise RuntimeError("meshgate exited before listening:\n" + "".join(self.log))
@@ -62,6 +67,16 @@ def sample_mesh(tmp_path_factory) -> Path:
     mesh = tmp_path_factory.mktemp("mesh")
     subprocess.run([str(BIN), "sample", "write", str(mesh)], check=True, capture_output=True)
     return mesh
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory):
+    """The sample mesh served as `meshgate serve` does with no arguments: authentication on."""
+    home = tmp_path_factory.mktemp("home")
+    s = Server(None, cwd=home, secure=True)
+    s.home = home
+    yield s
+    s.stop()
 
 
 @pytest.fixture(scope="session")

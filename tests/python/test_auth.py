@@ -9,16 +9,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from conftest import BIN, Server
-
-
-@pytest.fixture(scope="module")
-def secure(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    s = Server(None, cwd=home, secure=True)
-    s.home = home
-    yield s
-    s.stop()
+from conftest import BIN
 
 
 def login(server, user, password=None):

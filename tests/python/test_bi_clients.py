@@ -6,7 +6,7 @@ import flightsql.sqlalchemy  # noqa: F401 (registers the datafusion+flightsql di
 import sqlalchemy
 from sqlalchemy import inspect, text
 
-from test_flight_sql import connect, secure  # noqa: F401 (the gateway fixture)
+from test_flight_sql import connect
 
 
 def engine(server, user):

@@ -3,20 +3,10 @@ query) against the sample mesh served with authentication, governance and audit 
 
 import adbc_driver_flightsql.dbapi as flight_sql
 import pyarrow as pa
-import pyarrow.flight as flight
 import pytest
 from adbc_driver_flightsql import DatabaseOptions
 
 from conftest import Server
-
-
-@pytest.fixture(scope="module")
-def secure(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    s = Server(None, cwd=home, secure=True)
-    s.home = home
-    yield s
-    s.stop()
 
 
 def connect(server, user, **options):

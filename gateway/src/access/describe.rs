@@ -10,25 +10,43 @@ use super::error::Result;
 use super::snapshot::MeshSnapshot;
 use crate::catalog::{self, Catalog, Port, Product, Visibility};
 
-/// Whether the caller may see a port's exact row count: not when a row filter or a mask would
-/// hide rows or values from it (a count is then information the rows would not give).
-pub(crate) type ShowsCounts<'a> = &'a (dyn Fn(&Product, &Arc<Port>) -> bool + Sync);
+/// What the caller may read of one port, as far as describing it goes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PortAccess {
+    /// The caller may read the port.
+    pub(crate) readable: bool,
+    /// `(column, strategy)` of every column masked for the caller.
+    pub(crate) masks: Vec<(String, String)>,
+    /// A row filter narrows what the caller reads.
+    pub(crate) filtered: bool,
+}
+
+impl PortAccess {
+    /// Whether the caller may see the port's exact row count: not when a row filter or a mask
+    /// would hide rows or values from it (a count is then information the rows would not give).
+    fn shows_counts(&self) -> bool {
+        self.readable && !self.filtered && self.masks.is_empty()
+    }
+}
+
+/// The caller's [`PortAccess`] to a port.
+pub(crate) type AccessOf<'a> = &'a (dyn Fn(&Product, &Arc<Port>) -> PortAccess + Sync);
 
 /// The product `domain/name` (and its port `port`, or the default one) as the caller sees it.
 pub(crate) fn describe(
     snapshot: &MeshSnapshot,
     (domain, name, port): (String, String, Option<String>),
     visible: Visibility<'_>,
-    counts: ShowsCounts<'_>,
+    access: AccessOf<'_>,
 ) -> Result<Value> {
     let snapshot = &snapshot.catalog;
     match snapshot.resolve_visible(&domain, &name, port.as_deref(), visible) {
         Ok((p, port)) => {
             let problems = snapshot.entries.get(&(domain, name)).map(|e| e.problems.clone()).unwrap_or_default();
             Ok(json!({
-                "product": product_json(&p, counts),
+                "product": product_json(&p, access),
                 "port": port.name,
-                "contract": contract_json(&port),
+                "contract": contract_json(&port, &access(&p, &port)),
                 "status": if problems.is_empty() { "available" } else { "serving_last_good" },
                 "problems": problems,
             }))
@@ -46,7 +64,7 @@ pub(crate) fn describe(
     }
 }
 
-fn product_json(p: &Product, counts: ShowsCounts<'_>) -> Value {
+fn product_json(p: &Product, access: AccessOf<'_>) -> Value {
     json!({
         "address": p.address(),
         "domain": p.domain,
@@ -64,13 +82,13 @@ fn product_json(p: &Product, counts: ShowsCounts<'_>) -> Value {
             "contract_id": x.contract.id,
             "contract_version": x.contract.version,
             // -1, as in FlightInfo: not known to this caller.
-            "total_records": if counts(p, x) { x.total_records } else { -1 },
+            "total_records": if access(p, x).shows_counts() { x.total_records } else { -1 },
         })).collect::<Vec<_>>(),
         "odps": public_document(&p.document),
     })
 }
 
-fn contract_json(port: &Port) -> Value {
+fn contract_json(port: &Port, access: &PortAccess) -> Value {
     let columns: Vec<Value> = port
         .contract
         .properties
@@ -86,6 +104,8 @@ fn contract_json(port: &Port) -> Value {
                 "required": c.required,
                 "primaryKey": c.primary_key,
                 "classification": c.classification,
+                // How the caller receives the column: masked (with the strategy) or in clear.
+                "masked": access.masks.iter().find(|(m, _)| *m == c.name).map(|(_, s)| s.clone()),
                 "description": c.description,
             })
         })
@@ -94,6 +114,8 @@ fn contract_json(port: &Port) -> Value {
         "id": port.contract.id,
         "version": port.contract.version,
         "status": port.contract.status,
+        "readable": access.readable,
+        "row_filtered": access.filtered,
         "columns": columns,
         "odcs": public_document(&port.contract.document),
     })

@@ -17,6 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::error::{Error, Result};
 use crate::audit::AuditToken;
 use crate::governance::{check_guarded, columns_read};
+use crate::metrics::StreamMetrics;
 
 /// Batches in flight between the execution runtime and the stream sent to the client.
 const CHANNEL_BATCHES: usize = 2;
@@ -123,6 +124,7 @@ impl Drop for Executor {
 pub(crate) fn audited(
     inner: impl Stream<Item = Result<RecordBatch, DataFusionError>> + Send + 'static,
     token: Option<AuditToken>,
+    served: Option<StreamMetrics>,
     label: String,
     stop: tokio::sync::watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
@@ -130,6 +132,7 @@ pub(crate) fn audited(
     struct Reading<S> {
         inner: std::pin::Pin<Box<S>>,
         token: Option<AuditToken>,
+        served: Option<StreamMetrics>,
         label: String,
         stop: tokio::sync::watch::Receiver<bool>,
         _permit: OwnedSemaphorePermit,
@@ -147,7 +150,7 @@ pub(crate) fn audited(
             std::future::pending::<()>().await;
         }
     }
-    let state = Some(Reading { inner: Box::pin(inner), token, label, stop, _permit: permit });
+    let state = Some(Reading { inner: Box::pin(inner), token, served, label, stop, _permit: permit });
     futures::stream::unfold(state, |state| async move {
         let mut r = state?;
         let next = tokio::select! {
@@ -162,8 +165,12 @@ pub(crate) fn audited(
         };
         match next {
             Some(Ok(b)) => {
+                let (rows, bytes) = (b.num_rows() as u64, b.get_array_memory_size() as u64);
                 if let Some(t) = r.token.as_mut() {
-                    t.add(b.num_rows() as u64, b.get_array_memory_size() as u64);
+                    t.add(rows, bytes);
+                }
+                if let Some(m) = &r.served {
+                    m.add(rows, bytes);
                 }
                 Some((Ok(b), Some(r)))
             }

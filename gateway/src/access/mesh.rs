@@ -37,13 +37,15 @@ pub const PORT_SEPARATOR: &str = "__";
 #[derive(Debug)]
 pub(crate) struct Decisions {
     grants: moka::sync::Cache<String, Arc<Grant>>,
+    /// Hits and misses of `grants`.
+    pub(crate) stats: crate::metrics::CacheStats,
     /// Parses row filters.
     state: SessionState,
 }
 
 impl Decisions {
     pub(crate) fn new(state: SessionState) -> Self {
-        Self { grants: moka::sync::Cache::new(50_000), state }
+        Self { grants: moka::sync::Cache::new(50_000), stats: Default::default(), state }
     }
 
     /// What `p` may read of `port` under the rules of `snapshot` (`None` without governance).
@@ -63,8 +65,10 @@ impl Decisions {
             snapshot.generation,
         );
         if let Some(g) = self.grants.get(&key) {
+            self.stats.hit();
             return Ok(Some(g));
         }
+        self.stats.miss();
         let g = Arc::new(rules.grant(&self.state, p, product, port)?);
         self.grants.insert(key, Arc::clone(&g));
         Ok(Some(g))

@@ -60,6 +60,7 @@ pub mod mesh;
 mod params;
 pub mod plan;
 pub mod snapshot;
+mod usage;
 
 pub use crate::audit::Client;
 pub use error::{Error, Result};
@@ -69,6 +70,7 @@ pub use mesh::{CATALOG, PORT_SEPARATOR, Resolved};
 pub use params::MAX_BYTES as MAX_PARAMETER_BYTES;
 pub use plan::{AuthorizedPlan, ReadRequest, Shard, SqlRead};
 pub use snapshot::{MeshSnapshot, ReloadReport};
+pub use usage::UsageDay;
 
 use crate::audit::{self, AuditLog, AuditToken};
 use crate::auth::Principal;
@@ -156,6 +158,9 @@ pub struct AccessCore {
     exec: Executor,
     reads: Arc<Semaphore>,
     stop: tokio::sync::watch::Receiver<bool>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+    reloads: crate::metrics::ReloadStats,
+    usage: Arc<usage::UsageCache>,
 }
 
 impl std::fmt::Debug for AccessCore {
@@ -178,6 +183,7 @@ pub struct CoreBuilder {
     now: fn() -> SystemTime,
     audit: Option<Arc<AuditLog>>,
     stop: tokio::sync::watch::Receiver<bool>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl std::fmt::Debug for CoreBuilder {
@@ -214,6 +220,12 @@ impl CoreBuilder {
         self
     }
 
+    /// Counts what reads deliver in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Uses `now` as the clock for tickets (tests).
     pub fn with_clock(mut self, now: fn() -> SystemTime) -> Self {
         self.now = now;
@@ -240,6 +252,9 @@ impl CoreBuilder {
             audit: self.audit,
             exec,
             stop: self.stop,
+            metrics: self.metrics,
+            reloads: Default::default(),
+            usage: Default::default(),
         });
         let report = core.reload().await?;
         if let Some(problem) = report.governance_problem {
@@ -261,6 +276,7 @@ impl AccessCore {
             now: SystemTime::now,
             audit: None,
             stop: tokio::sync::watch::channel(false).1,
+            metrics: None,
         }
     }
 
@@ -285,7 +301,15 @@ impl AccessCore {
         let _guard = self.reload_lock.lock().await;
         let old = self.snapshot();
         let state = self.ctx.state();
-        let (next, report) = snapshot::next(&self.catalog, &state, &old, self.options.governed, &self.builtins).await?;
+        let (next, report) =
+            match snapshot::next(&self.catalog, &state, &old, self.options.governed, &self.builtins).await {
+                Ok(x) => x,
+                Err(e) => {
+                    self.reloads.failed();
+                    return Err(e);
+                }
+            };
+        self.reloads.ok(report.problems.len());
         self.state.store(Arc::new(next));
         self.decisions.clear();
         self.generation.send_replace(report.generation);
@@ -353,12 +377,103 @@ impl AccessCore {
     pub fn describe(&self, p: &Principal, (domain, name, port): (String, String, Option<String>)) -> Result<Value> {
         let snapshot = self.snapshot();
         let visible = |_: &str, _: &str, prod: Option<&Product>| snapshot.visible(p, prod);
-        let counts = |product: &Product, port: &Arc<crate::catalog::Port>| {
-            self.decisions
-                .grant(&snapshot, p, product, port)
-                .is_ok_and(|g| g.is_none_or(|g| g.table.is_some() && g.row_filters.is_empty() && g.masks.is_empty()))
+        let access = |product: &Product, port: &Arc<crate::catalog::Port>| match self
+            .decisions
+            .grant(&snapshot, p, product, port)
+        {
+            Ok(None) => describe::PortAccess { readable: true, ..Default::default() },
+            Ok(Some(g)) => describe::PortAccess {
+                readable: g.table.is_some(),
+                masks: g
+                    .masks
+                    .iter()
+                    .map(|(c, s)| {
+                        (
+                            c.clone(),
+                            serde_json::to_value(s)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_string))
+                                .unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
+                filtered: !g.row_filters.is_empty(),
+            },
+            Err(_) => describe::PortAccess::default(),
         };
-        describe::describe(&snapshot, (domain, name, port), &visible, &counts)
+        describe::describe(&snapshot, (domain, name, port), &visible, &access)
+    }
+
+    /// `(domain, name)` of every product `p` may discover, loaded or refused.
+    pub fn product_keys(&self, p: &Principal) -> Vec<(String, String)> {
+        let snapshot = self.snapshot();
+        snapshot
+            .catalog
+            .entries
+            .iter()
+            .filter(|(_, e)| snapshot.visible(p, e.product.as_deref()))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Daily use of the product `domain/name` over the last `days` days (see [`UsageDay`]), from
+    /// the audit log; `None` when the gateway keeps no audit log. A product `p` may not discover
+    /// does not exist.
+    pub async fn usage(
+        &self,
+        p: &Principal,
+        (domain, name): (String, String),
+        days: u32,
+    ) -> Result<Option<Vec<UsageDay>>> {
+        self.describe(p, (domain.clone(), name.clone(), None))?;
+        let Some(audit) = self
+            .builtins
+            .iter()
+            .find(|b| b.domain == crate::audit::product::DOMAIN && b.name == crate::audit::product::NAME)
+        else {
+            return Ok(None);
+        };
+        let table = Arc::clone(&audit.ports[0].table);
+        let cache = Arc::clone(&self.usage);
+        let today = chrono::Utc::now().date_naive();
+        self.exec.run(async move { cache.of(table, (&domain, &name), days, today).await }).await.map(Some)
+    }
+
+    /// `(product, port, adapter, healthy)` for every port of the catalog in force (probes cached
+    /// and bounded as for `health`): for metrics and readiness, never shown to callers.
+    pub async fn port_health(&self) -> Vec<(String, String, String, bool)> {
+        let snapshot = self.snapshot();
+        let ports: Vec<_> = snapshot
+            .catalog
+            .products()
+            .flat_map(|p| p.ports.iter().map(move |port| (p.address(), Arc::clone(port))))
+            .collect();
+        let state = self.catalog.state();
+        futures::future::join_all(ports.into_iter().map(|(address, port)| async move {
+            let up = port.health(state).await == meshgate_adapters::Health::Ok;
+            (address, port.name.clone(), port.binding.kind().to_string(), up)
+        }))
+        .await
+    }
+
+    /// Reloads that put a catalog in force, reloads that failed, products the last one refused.
+    pub fn reload_stats(&self) -> (u64, u64, u64) {
+        self.reloads.get()
+    }
+
+    /// Hits and misses of the policy-decision cache.
+    pub fn grant_cache_stats(&self) -> (u64, u64) {
+        self.decisions.stats.get()
+    }
+
+    /// Bytes reserved in the query engine's memory pool, and its limit (0: none).
+    pub fn memory_pool(&self) -> (u64, u64) {
+        let pool = &self.ctx.runtime_env().memory_pool;
+        let limit = match pool.memory_limit() {
+            datafusion::execution::memory_pool::MemoryLimit::Finite(n) => n as u64,
+            _ => 0,
+        };
+        (pool.reserved() as u64, limit)
     }
 
     /// Gateway and product health, for the products `p` may discover.
@@ -401,6 +516,9 @@ impl AccessCore {
     /// missing; one it may discover but not read is refused, and the refusal is recorded.
     pub async fn authorize(self: &Arc<Self>, call: &Call, request: ReadRequest) -> Result<AuthorizedPlan> {
         let out = self.plan(call.principal.clone(), request).await;
+        if let Ok(plan) = &out {
+            trace_reads(plan);
+        }
         if let (Err(Error::Denied { product, policy_ids }), Some(log)) = (&out, &self.audit) {
             let mut token = log.begin(&call.rpc, call.client.clone(), &call.principal)?;
             let (domain, name) = product.split_once('/').unwrap_or((product.as_str(), ""));
@@ -562,9 +680,14 @@ impl AccessCore {
     /// Takes a read slot, starts the plan on the execution runtime, records that data is about
     /// to leave, and returns the audited stream.
     async fn run(&self, plan: AuthorizedPlan, shard: Shard, mut token: Option<AuditToken>) -> Result<ReadStream> {
+        trace_reads(&plan);
         let label = plan.label();
         let statement = matches!(plan.request, ReadRequest::Sql(_));
         let mut resources = plan.audit_resources();
+        let served = self.metrics.as_ref().map(|m| {
+            let products: Vec<String> = resources.iter().map(|r| format!("{}/{}", r.domain, r.product)).collect();
+            m.stream(&products, &plan.principal.subject)
+        });
         let AuthorizedPlan { df, schema, .. } = plan;
         let started = async {
             shard.check()?;
@@ -591,7 +714,7 @@ impl AccessCore {
             t.resources(&resources);
             t.started().await?;
         }
-        let batches = exec::audited(batches, token, label.clone(), self.stop.clone(), permit).boxed();
+        let batches = exec::audited(batches, token, served, label.clone(), self.stop.clone(), permit).boxed();
         Ok(ReadStream { schema, label, batches })
     }
 
@@ -840,6 +963,17 @@ fn planning(what: &str, e: DataFusionError) -> Error {
 }
 
 /// Notes what a read reads and the decision, in its audit record.
+/// Names the products `plan` reads (`meshgate.product`, comma-separated) on the call's span.
+fn trace_reads(plan: &AuthorizedPlan) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    let products: Vec<String> = plan.audit_resources().iter().map(|r| format!("{}/{}", r.domain, r.product)).collect();
+    span.set_attribute("meshgate.product", products.join(","));
+}
+
 fn note(t: &mut AuditToken, plan: &AuthorizedPlan, ticket_id: Option<&str>) {
     t.ids(&uuid::Uuid::new_v4().to_string(), ticket_id);
     t.resources(&plan.audit_resources());

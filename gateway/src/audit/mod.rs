@@ -210,6 +210,11 @@ impl AuditLog {
         &self.dir
     }
 
+    /// Records queued and not yet handed to the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Whether calls may proceed: the log is writable, or the gateway fails open.
     pub fn check(&self) -> Result<()> {
         let up = self.healthy.load(Ordering::Relaxed) && !self.closed.load(Ordering::Relaxed);

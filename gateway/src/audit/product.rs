@@ -42,6 +42,12 @@ fn record(name: &str, fields: Vec<Field>) -> Field {
     Field::new(name, DataType::Struct(Fields::from(fields)), true)
 }
 
+/// The audit product's domain.
+pub const DOMAIN: &str = "_governance";
+
+/// The audit product's name.
+pub const NAME: &str = "audit";
+
 /// The Arrow schema of audit records.
 pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -336,8 +342,8 @@ pub fn product(dir: &Path) -> Product {
         health: Default::default(),
     };
     Product {
-        domain: "_governance".into(),
-        name: "audit".into(),
+        domain: DOMAIN.into(),
+        name: NAME.into(),
         id: "meshgate:governance:audit".into(),
         title: "Gateway audit log".into(),
         status: "active".into(),

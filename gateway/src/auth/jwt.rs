@@ -167,6 +167,7 @@ pub struct Authenticator {
     leeway: u64,
     max_lifetime: Duration,
     cache: moka::sync::Cache<[u8; 32], Arc<Principal>>,
+    cache_stats: crate::metrics::CacheStats,
     tokens: GatewayTokens,
     users: Users,
     users_file: Option<std::path::PathBuf>,
@@ -358,6 +359,7 @@ impl Authenticator {
             leeway: cfg.leeway_seconds.min(30),
             max_lifetime: cfg.max_token_lifetime,
             cache: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(300)).build(),
+            cache_stats: crate::metrics::CacheStats::default(),
             tokens,
             users,
             users_file: cfg.users_file.clone(),
@@ -446,15 +448,22 @@ impl Authenticator {
         self.tokens.renew(p)
     }
 
+    /// Hits and misses of the verified-token cache.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        self.cache_stats.get()
+    }
+
     /// Verifies a bearer token and returns its principal.
     pub async fn verify_bearer(&self, token: &str) -> Result<Arc<Principal>> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(p) = self.cache.get(&digest) {
             if p.expires_at > now_secs() {
+                self.cache_stats.hit();
                 return Ok(p);
             }
             self.cache.invalidate(&digest);
         }
+        self.cache_stats.miss();
         let header = decode_header(token).map_err(|e| Error::InvalidToken(e.to_string()))?;
         let unverified: Value = jsonwebtoken::dangerous::insecure_decode::<Value>(token)
             .map_err(|e| Error::InvalidToken(e.to_string()))?

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use tower::{Layer, Service};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{Authenticator, Error, Principal};
 
@@ -149,6 +150,8 @@ where
             match authenticate(&mode, &parts).await {
                 Ok(principal) => {
                     if let Some(p) = principal {
+                        // On the call's span (`metrics::rpc`), for traces.
+                        tracing::Span::current().set_attribute("enduser.id", p.subject.clone());
                         parts.extensions.insert(p);
                     }
                     inner.call(http::Request::from_parts(parts, body)).await

@@ -137,7 +137,9 @@ pub fn generate(scale: f64) -> Sample {
     ]);
 
     // sales/orders, then what derives from them.
-    let mut per_region: Vec<Vec<(i64, i64, i32, &str, &str, f64)>> = vec![vec![]; REGIONS.len()];
+    // (order_id, customer_id, day, status, channel, amount) per region.
+    type Order<'a> = (i64, i64, i32, &'a str, &'a str, f64);
+    let mut per_region: Vec<Vec<Order>> = vec![vec![]; REGIONS.len()];
     let mut revenue: BTreeMap<(i32, &str), (i64, f64)> = BTreeMap::new();
     let mut ship: Vec<(i64, String, &str, i32, i64, f64, &str)> = vec![];
     for order_id in 1..=n(200_000.0) as i64 {

@@ -55,9 +55,12 @@ pub const MANIFESTS: &[(&str, &str)] = &[
     ("sales/_governance.yaml", include_str!("../../../mesh/sales/_governance.yaml")),
 ];
 
-/// Development users of the sample: (name, roles, attributes, clearance). Each one's password is
-/// `<name>-dev-password`.
-pub const DEV_USERS: &[(&str, &[&str], &[(&str, &str)], Option<&str>)] = &[
+/// A development user: (name, roles, attributes, clearance).
+pub type DevUser =
+    (&'static str, &'static [&'static str], &'static [(&'static str, &'static str)], Option<&'static str>);
+
+/// Development users of the sample. Each one's password is `<name>-dev-password`.
+pub const DEV_USERS: &[DevUser] = &[
     ("alice", &["analyst"], &[("region", "EMEA")], None),
     ("bob", &["analyst"], &[("region", "AMER")], None),
     ("carol", &["analyst", "privacy_officer", "finance", "sales_admin"], &[("region", "EMEA")], Some("restricted")),
