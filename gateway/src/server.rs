@@ -280,7 +280,10 @@ impl Gateway {
             .local_addr()
             .map_err(|source| Error::Io { context: "reading the bound address".into(), source })?;
         let mut flight = MeshFlightService::new(Arc::clone(&core))
-            .with_wire(crate::flight::wire::WireOptions { max_message_bytes: config.max_message_size })
+            .with_wire(crate::flight::wire::WireOptions {
+                max_message_bytes: config.max_message_size,
+                compression: None,
+            })
             .with_view_types(config.view_types);
         let mode = match &authenticator {
             Some(a) => {

@@ -45,6 +45,9 @@ pub enum Error {
     /// An action's name or body is invalid.
     #[error("{0}")]
     BadAction(String),
+    /// A request option (a header) has a value the gateway does not take.
+    #[error("{0}")]
+    BadOption(String),
     /// The call is not something the gateway offers; the text says what is not supported and
     /// why (or what to use instead).
     #[error("{0}")]
@@ -215,7 +218,7 @@ pub(crate) fn to_status(e: &Error) -> Status {
             T::WeakKey(_) => internal("the ticket key is misconfigured"),
         },
         Error::StaleTicket { .. } => Status::failed_precondition(msg),
-        Error::BadDescriptor(_) | Error::BadAction(_) => Status::invalid_argument(msg),
+        Error::BadDescriptor(_) | Error::BadAction(_) | Error::BadOption(_) => Status::invalid_argument(msg),
         Error::Unsupported(_) => Status::new(Code::Unimplemented, msg),
         Error::Execution { product, source } if product.contains('/') => {
             datafusion_status(&format!("`{product}`"), source)
@@ -336,6 +339,7 @@ mod tests {
             Code::FailedPrecondition
         );
         assert_eq!(code(Error::BadDescriptor("x".into())), Code::InvalidArgument);
+        assert_eq!(code(Error::BadOption("x".into())), Code::InvalidArgument);
         assert_eq!(code(Error::Unsupported("DoPut is not supported")), Code::Unimplemented);
         assert_eq!(code(Error::Internal("x".into())), Code::Internal);
         assert_eq!(code(Error::Auth(auth::Error::Expired)), Code::Unauthenticated);

@@ -63,6 +63,17 @@ fn call<T>(rpc: &str, req: &Request<T>) -> Result<Call> {
 }
 
 impl MeshFlightService {
+    /// The wire options of one stream: the server's, with the compression the client asks for
+    /// in the [`wire::COMPRESSION_HEADER`] header.
+    fn wire_for<T>(&self, request: &Request<T>) -> Result<WireOptions> {
+        let Some(value) = request.metadata().get(wire::COMPRESSION_HEADER) else {
+            return Ok(self.wire);
+        };
+        let name = value.to_str().map_err(|_| Error::BadOption(format!("{} is not text", wire::COMPRESSION_HEADER)))?;
+        let compression = wire::Compression::parse(name).map_err(Error::BadOption)?;
+        Ok(WireOptions { compression, ..self.wire })
+    }
+
     /// A service over the access core `core`.
     pub fn new(core: Arc<AccessCore>) -> Self {
         Self { core, auth: None, wire: WireOptions::default(), view_types: false }
@@ -298,6 +309,7 @@ impl FlightService for MeshFlightService {
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let call = call("DoGet", &request)?;
+        let wire = self.wire_for(&request)?;
         let ticket = request.into_inner().ticket;
         let read = match sql::metadata_read(&self.core, &call, &ticket).await {
             Some(read) => read?,
@@ -305,8 +317,7 @@ impl FlightService for MeshFlightService {
         };
         let label = read.label;
         let batches = read.batches.map_err(|e| FlightError::ExternalError(Box::new(e)));
-        let flight =
-            wire::encode(read.schema, batches, self.wire).map_err(move |e| Status::from(stream_error(&label, e)));
+        let flight = wire::encode(read.schema, batches, wire).map_err(move |e| Status::from(stream_error(&label, e)));
         Ok(Response::new(flight.boxed()))
     }
 
