@@ -123,7 +123,13 @@ pub struct ReadSpec {
     pub filter: Option<String>,
     /// Row limit.
     pub limit: Option<u64>,
+    /// Endpoints to split the read into, each returning its share of the rows exactly once
+    /// (`None`: one endpoint).
+    pub shards: Option<u32>,
 }
+
+/// Most shards one read may be split into.
+pub const MAX_SHARDS: u32 = 256;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,6 +143,8 @@ struct JsonQuery {
     filter: Option<String>,
     #[serde(default)]
     limit: Option<u64>,
+    #[serde(default)]
+    shards: Option<u32>,
 }
 
 impl ReadSpec {
@@ -166,6 +174,15 @@ impl ReadSpec {
                 "`columns` is empty; list at least one column, or leave it out for all".into(),
             ));
         }
+        match q.shards {
+            Some(n) if n == 0 || n > MAX_SHARDS => {
+                return Err(Error::BadQuery(format!("`shards` is {n}; ask for 1 to {MAX_SHARDS}")));
+            }
+            Some(n) if n > 1 && q.limit.is_some() => {
+                return Err(Error::BadQuery("a `limit` cannot be split across `shards`; leave one of them out".into()));
+            }
+            _ => {}
+        }
         Ok(Self {
             domain: domain.to_string(),
             product: product.to_string(),
@@ -173,6 +190,7 @@ impl ReadSpec {
             columns: q.columns.unwrap_or_default(),
             filter: q.filter.filter(|f| !f.trim().is_empty()),
             limit: q.limit,
+            shards: q.shards.filter(|n| *n > 1),
         })
     }
 }

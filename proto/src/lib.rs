@@ -26,7 +26,7 @@ pub mod flight {
 #[cfg(test)]
 mod tests {
     use super::v1::ticket_claims::Read;
-    use super::v1::{ProductRead, ResourceRead, SignedTicket, SqlStatement, TicketClaims};
+    use super::v1::{PinnedFile, ProductRead, ResourceRead, SignedTicket, SqlStatement, TicketClaims};
     use prost::Message;
 
     /// Pins the wire format: tickets issued by one release must decode in the next.
@@ -55,6 +55,8 @@ mod tests {
                 contract_version: "1.0.0".into(),
             }],
             generation: 3,
+            shard_files: vec![],
+            files_assigned: false,
         };
         let bytes = claims.encode_to_vec();
         // Hand-checked: field 10 (expiry) is `50 07`, field 11 (subject) `5a 05 "alice"`, field
@@ -71,6 +73,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(hex(&sql.encode_to_vec()), "82010a0a0853454c4543542031");
+        // Field 19 (a shard's pinned files): `9a 01`, then each file's path, size and range.
+        let shard = TicketClaims {
+            shard_files: vec![PinnedFile { path: "p".into(), size: 3, range_start: Some(0), range_end: Some(5) }],
+            ..Default::default()
+        };
+        assert_eq!(hex(&shard.encode_to_vec()), "9a01 09 0a0170 1003 1800 2005".replace(' ', ""));
         let signed = SignedTicket { claims: vec![9], signature: vec![8] };
         assert_eq!(hex(&signed.encode_to_vec()), "0a01091201 08".replace(' ', ""));
     }

@@ -109,6 +109,17 @@ pub enum Error {
         /// Number of shards asked for.
         count: u32,
     },
+    /// The read cannot be split into shards (its storage is not files); the text says why.
+    #[error("{0}")]
+    Unshardable(String),
+    /// A file a shard was assigned changed or left the listing since `GetFlightInfo`.
+    #[error(
+        "the data of `{product}` changed since this shard was assigned (a file it reads was replaced or removed); call GetFlightInfo again"
+    )]
+    ShardChanged {
+        /// `domain/product`.
+        product: String,
+    },
     /// A SQL statement calls a table function.
     #[error(
         "`{0}(...)` is a table function: statements read the products of the mesh only (catalog `mesh`), not files or generated tables; a domain publishes data through its own pipeline into its product's storage"
@@ -217,7 +228,8 @@ pub(crate) fn to_status(e: &Error) -> Status {
             T::BadSignature | T::Expired => Status::unauthenticated(msg),
             T::WeakKey(_) => internal("the ticket key is misconfigured"),
         },
-        Error::StaleTicket { .. } => Status::failed_precondition(msg),
+        Error::StaleTicket { .. } | Error::ShardChanged { .. } => Status::failed_precondition(msg),
+        Error::Unshardable(_) => Status::invalid_argument(msg),
         Error::BadDescriptor(_) | Error::BadAction(_) | Error::BadOption(_) => Status::invalid_argument(msg),
         Error::Unsupported(_) => Status::new(Code::Unimplemented, msg),
         Error::Execution { product, source } if product.contains('/') => {
@@ -351,6 +363,8 @@ mod tests {
         assert_eq!(code(Error::NotAQuery), Code::InvalidArgument);
         assert_eq!(code(Error::GovernanceRefused("x".into())), Code::Internal);
         assert_eq!(code(Error::Shard { index: 1, count: 2 }), Code::InvalidArgument);
+        assert_eq!(code(Error::Unshardable("x".into())), Code::InvalidArgument);
+        assert_eq!(code(Error::ShardChanged { product: "a/b".into() }), Code::FailedPrecondition);
         assert_eq!(code(Error::Parameters("x".into())), Code::InvalidArgument);
         assert_eq!(code(Error::StatementTooLong { bytes: 2, limit: 1 }), Code::InvalidArgument);
         assert_eq!(code(Error::TableFunction("read_csv".into())), Code::InvalidArgument);

@@ -60,6 +60,7 @@ impl Executor {
         df: DataFrame,
         guarded: bool,
         label: String,
+        pinned: Option<Vec<meshgate_proto::v1::PinnedFile>>,
     ) -> Result<(impl Stream<Item = Result<RecordBatch, DataFusionError>> + Send + 'static, Vec<(String, Vec<String>)>)>
     {
         let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_BATCHES);
@@ -69,6 +70,14 @@ impl Executor {
             let plan = match df.create_physical_plan().await {
                 Ok(p) => p,
                 Err(e) => return drop(ready.send(Err(Error::execution(label, e)))),
+            };
+            // A shard reads exactly the files its ticket pins.
+            let plan = match pinned {
+                Some(files) => match super::shard::pin(plan, &files, &label) {
+                    Ok(p) => p,
+                    Err(e) => return drop(ready.send(Err(e))),
+                },
+                None => plan,
             };
             if guarded && let Err(e) = check_guarded(&plan) {
                 tracing::error!(error = %e, read = %label, "a plan was refused: a scan is not under a governance guard");

@@ -46,8 +46,8 @@ use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use meshgate_adapters::flight::Caller;
-use meshgate_proto::v1::TicketClaims;
 use meshgate_proto::v1::ticket_claims::Read;
+use meshgate_proto::v1::{PinnedFile, TicketClaims};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
@@ -59,6 +59,7 @@ pub mod listing;
 pub mod mesh;
 mod params;
 pub mod plan;
+mod shard;
 pub mod snapshot;
 mod usage;
 
@@ -535,8 +536,40 @@ impl AccessCore {
 
     /// A signed ticket for `shard` of `plan`, bound to the principal it was planned for.
     pub fn ticket(&self, plan: &AuthorizedPlan, shard: Shard) -> Result<IssuedTicket> {
+        Ok(self.issue(plan.claims(shard)?))
+    }
+
+    fn issue(&self, claims: TicketClaims) -> IssuedTicket {
         let now = (self.now)();
-        Ok(IssuedTicket { ticket: self.signer.sign(plan.claims(shard)?, now), expires: now + self.signer.ttl() })
+        IssuedTicket { ticket: self.signer.sign(claims, now), expires: now + self.signer.ttl() }
+    }
+
+    /// The tickets of `plan`'s endpoints: one, or one per shard when the read asks for
+    /// `shards`, each pinning the files it reads ([`shard`]).
+    pub async fn tickets(&self, plan: &AuthorizedPlan) -> Result<Vec<IssuedTicket>> {
+        let count = match &plan.request {
+            ReadRequest::Product(spec) => spec.shards.unwrap_or(1),
+            ReadRequest::Sql(_) => 1,
+        };
+        if count <= 1 {
+            return Ok(vec![self.ticket(plan, Shard::WHOLE)?]);
+        }
+        let (df, label) = (plan.df.clone(), plan.label());
+        let shards = self
+            .exec
+            .run(async move {
+                let physical = df.create_physical_plan().await.map_err(|e| Error::execution(&label, e))?;
+                shard::assign(&physical, count, &label)
+            })
+            .await?;
+        let mut tickets = Vec::with_capacity(shards.len());
+        for (index, files) in shards.into_iter().enumerate() {
+            let mut claims = plan.claims(Shard { index: index as u32, count })?;
+            claims.shard_files = files;
+            claims.files_assigned = true;
+            tickets.push(self.issue(claims));
+        }
+        Ok(tickets)
     }
 
     /// The claims of a ticket (or prepared statement handle) of this gateway, verified, and
@@ -608,7 +641,7 @@ impl AccessCore {
     pub async fn read_ticket(self: &Arc<Self>, call: &Call, ticket: &[u8]) -> Result<ReadStream> {
         let mut token = self.begin(call)?;
         match self.redeem(call, ticket, token.as_mut()).await {
-            Ok((plan, shard)) => self.run(plan, shard, token).await,
+            Ok((plan, shard, pinned)) => self.run(plan, shard, pinned, token).await,
             Err(e) => Err(fail(token, e).await),
         }
     }
@@ -622,7 +655,7 @@ impl AccessCore {
         if let Some(t) = token.as_mut() {
             note(t, &plan, None);
         }
-        self.run(plan, shard, token).await
+        self.run(plan, shard, None, token).await
     }
 
     /// Runs `work` for the caller and records its outcome durably before returning it.
@@ -666,7 +699,7 @@ impl AccessCore {
         call: &Call,
         ticket: &[u8],
         token: Option<&mut AuditToken>,
-    ) -> Result<(AuthorizedPlan, Shard)> {
+    ) -> Result<(AuthorizedPlan, Shard, Option<Vec<PinnedFile>>)> {
         let claims = self.own_claims(call, ticket)?;
         let request = ReadRequest::from_claims(&claims)?;
         let plan = self.plan(call.principal.clone(), request).await?;
@@ -674,12 +707,19 @@ impl AccessCore {
             note(t, &plan, Some(&hex::encode(&claims.ticket_id)));
         }
         plan.check_fresh(&claims.resources)?;
-        Ok((plan, Shard { index: claims.shard_index, count: claims.shard_count }))
+        let pinned = claims.files_assigned.then(|| claims.shard_files.clone());
+        Ok((plan, Shard { index: claims.shard_index, count: claims.shard_count }, pinned))
     }
 
     /// Takes a read slot, starts the plan on the execution runtime, records that data is about
     /// to leave, and returns the audited stream.
-    async fn run(&self, plan: AuthorizedPlan, shard: Shard, mut token: Option<AuditToken>) -> Result<ReadStream> {
+    async fn run(
+        &self,
+        plan: AuthorizedPlan,
+        shard: Shard,
+        pinned: Option<Vec<PinnedFile>>,
+        mut token: Option<AuditToken>,
+    ) -> Result<ReadStream> {
         trace_reads(&plan);
         let label = plan.label();
         let statement = matches!(plan.request, ReadRequest::Sql(_));
@@ -690,11 +730,15 @@ impl AccessCore {
         });
         let AuthorizedPlan { df, schema, .. } = plan;
         let started = async {
-            shard.check()?;
+            match &pinned {
+                // Files assigned by GetFlightInfo: this gateway can serve exactly them.
+                Some(_) if shard.index < shard.count => {}
+                _ => shard.check()?,
+            }
             let permit = Arc::clone(&self.reads)
                 .try_acquire_owned()
                 .map_err(|_| Error::Busy { limit: self.options.max_reads })?;
-            let (batches, read) = self.exec.start(df, self.options.governed, label.clone()).await?;
+            let (batches, read) = self.exec.start(df, self.options.governed, label.clone(), pinned).await?;
             let limits = if statement { self.options.statements } else { StatementLimits::UNBOUNDED };
             Ok((permit, limits::bounded(batches, limits), read))
         };

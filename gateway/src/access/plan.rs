@@ -78,6 +78,7 @@ impl ReadRequest {
                 columns: r.columns.clone(),
                 filter: Some(r.filter.clone()).filter(|f| !f.is_empty()),
                 limit: r.limit,
+                shards: None,
             })]),
             Some(Read::Sql(s)) => {
                 let mut rows = params::decode_rows(&s.parameters)?;

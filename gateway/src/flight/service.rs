@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::session::{self, Session};
 use super::wire::{self, WireOptions};
 use super::{actions, sql};
-use crate::access::{AccessCore, AuthorizedPlan, Call, Client, Error, IssuedTicket, ReadRequest, Result, Shard};
+use crate::access::{AccessCore, AuthorizedPlan, Call, Client, Error, IssuedTicket, ReadRequest, Result};
 use crate::auth::{self, Authenticator, Principal};
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -107,7 +107,7 @@ impl MeshFlightService {
     /// The `FlightInfo` of authorized plans (one, or one per bound parameter row, all with one
     /// schema): the schema, one endpoint per plan with a ticket bound to the caller, and what
     /// a single plan knows of its size.
-    fn flight_info(&self, plans: &[AuthorizedPlan], descriptor: FlightDescriptor) -> Result<FlightInfo> {
+    async fn flight_info(&self, plans: &[AuthorizedPlan], descriptor: FlightDescriptor) -> Result<FlightInfo> {
         let [first, ..] = plans else { return Err(Error::Internal("no plan to describe".into())) };
         let mut info = FlightInfo::new()
             .try_with_schema(first.schema())
@@ -116,7 +116,9 @@ impl MeshFlightService {
             .with_ordered(plans.len() > 1)
             .with_app_metadata(serde_json::to_vec(&first.description()).unwrap_or_default());
         for plan in plans {
-            info = info.with_endpoint(endpoint(FlightEndpoint::new(), self.core.ticket(plan, Shard::WHOLE)?));
+            for ticket in self.core.tickets(plan).await? {
+                info = info.with_endpoint(endpoint(FlightEndpoint::new(), ticket));
+            }
         }
         if let [plan] = plans {
             info = info.with_total_records(plan.total_records()).with_total_bytes(plan.total_bytes());
@@ -147,7 +149,7 @@ impl MeshFlightService {
             return info;
         }
         let plans = self.plan_for(call, req, descriptor).await?;
-        self.flight_info(&plans, descriptor.clone())
+        self.flight_info(&plans, descriptor.clone()).await
     }
 }
 
@@ -269,7 +271,7 @@ impl FlightService for MeshFlightService {
         for plan in &plans {
             let r = &plan.reads()[0];
             let path = vec![r.product.domain.clone(), r.product.name.clone(), r.port.name.clone()];
-            infos.push(Ok(self.flight_info(std::slice::from_ref(plan), FlightDescriptor::new_path(path))?));
+            infos.push(Ok(self.flight_info(std::slice::from_ref(plan), FlightDescriptor::new_path(path)).await?));
         }
         Ok(Response::new(futures::stream::iter(infos).boxed()))
     }

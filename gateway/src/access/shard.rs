@@ -1,0 +1,222 @@
+//! Sharded reads: one product read split into N endpoints that together return every row once.
+//!
+//! ```text
+//!  GetFlightInfo {"product": ..., "shards": N}
+//!    plan (governed) ─► physical plan ─► its one file scan ─► the files it would read
+//!    ─► split into N groups as DataFusion splits a scan (byte ranges where the format allows:
+//!       Parquet row groups, CSV/JSON lines, IPC blocks; whole files otherwise)
+//!    ─► N tickets, shard i pinning its files, sizes and ranges
+//!  DoGet(ticket i)
+//!    plan again (rules checked again) ─► physical plan ─► [`pin`]: the scan reads exactly the
+//!    pinned files, taken from the current listing ─► guard check ─► stream
+//! ```
+//!
+//! Files added after `GetFlightInfo` are not read by its endpoints; a pinned file that changed
+//! size or is no longer listed for the caller (removed, or now outside the caller's row filter)
+//! fails the endpoint with "call GetFlightInfo again" instead of returning different rows.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig};
+use datafusion::datasource::source::{DataSource, DataSourceExec};
+use datafusion::physical_plan::ExecutionPlan;
+use meshgate_proto::v1::PinnedFile;
+
+use super::{Error, Result};
+
+/// The one file scan of `plan`; any other storage (or more than one scan) cannot be pinned.
+fn file_scan(plan: &Arc<dyn ExecutionPlan>, product: &str) -> Result<FileScanConfig> {
+    let mut scans = Vec::new();
+    let mut other = None;
+    plan.apply(|node| {
+        if node.children().is_empty() {
+            match (node.as_ref() as &dyn Any)
+                .downcast_ref::<DataSourceExec>()
+                .and_then(|d| d.data_source().downcast_ref::<FileScanConfig>())
+            {
+                Some(config) => scans.push(config.clone()),
+                None => other = Some(node.name().to_string()),
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .map_err(|e| Error::execution(product, e))?;
+    match (scans.len(), other) {
+        (1, None) => Ok(scans.remove(0)),
+        _ => Err(Error::Unshardable(format!(
+            "`{product}` cannot be split into shards: only products stored as files (Parquet, CSV, JSON, Arrow IPC) are; read it as one stream"
+        ))),
+    }
+}
+
+/// Every file `config` reads, whole, once, in path order.
+fn whole_files(config: &FileScanConfig) -> Vec<PartitionedFile> {
+    let mut by_path: Vec<PartitionedFile> = Vec::new();
+    for f in config.file_groups.iter().flat_map(|g| g.iter()) {
+        if !by_path.iter().any(|seen| seen.object_meta.location == f.object_meta.location) {
+            let mut whole = f.clone();
+            whole.range = None;
+            by_path.push(whole);
+        }
+    }
+    by_path.sort_by(|a, b| a.object_meta.location.cmp(&b.object_meta.location));
+    by_path
+}
+
+/// Splits what `plan` reads into `count` shards; each entry is one shard's pinned files (some
+/// may be empty when there is less data than shards).
+pub(crate) fn assign(plan: &Arc<dyn ExecutionPlan>, count: u32, product: &str) -> Result<Vec<Vec<PinnedFile>>> {
+    let config = file_scan(plan, product)?;
+    let files = whole_files(&config);
+    let mut single = config.clone();
+    single.file_groups = vec![FileGroup::new(files.clone())];
+    let split = single
+        .repartitioned(count as usize, 0, None)
+        .map_err(|e| Error::execution(product, e))?
+        .and_then(|s| s.downcast_ref::<FileScanConfig>().map(|c| c.file_groups.clone()));
+    let groups: Vec<Vec<PartitionedFile>> = match split {
+        Some(groups) => groups.into_iter().map(|g| g.files().to_vec()).collect(),
+        None => by_size(files, count as usize),
+    };
+    let mut shards: Vec<Vec<PinnedFile>> = groups
+        .into_iter()
+        .map(|g| {
+            g.into_iter()
+                .map(|f| PinnedFile {
+                    path: f.object_meta.location.to_string(),
+                    size: f.object_meta.size,
+                    range_start: f.range.as_ref().map(|r| r.start),
+                    range_end: f.range.as_ref().map(|r| r.end),
+                })
+                .collect()
+        })
+        .collect();
+    shards.resize(count as usize, Vec::new());
+    Ok(shards)
+}
+
+/// Whole files in `count` groups of similar size (largest first, each to the lightest group):
+/// for formats that cannot be read by byte range.
+fn by_size(mut files: Vec<PartitionedFile>, count: usize) -> Vec<Vec<PartitionedFile>> {
+    files.sort_by(|a, b| {
+        b.object_meta.size.cmp(&a.object_meta.size).then(a.object_meta.location.cmp(&b.object_meta.location))
+    });
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); count];
+    for f in files {
+        if let Some((size, group)) = groups.iter_mut().min_by_key(|g| g.0) {
+            *size += f.object_meta.size;
+            group.push(f);
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+/// `plan` with its file scan reading exactly `pinned`, taken from what it lists now.
+pub(crate) fn pin(
+    plan: Arc<dyn ExecutionPlan>,
+    pinned: &[PinnedFile],
+    product: &str,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let config = file_scan(&plan, product)?;
+    let current: HashMap<String, &PartitionedFile> =
+        config.file_groups.iter().flat_map(|g| g.iter()).map(|f| (f.object_meta.location.to_string(), f)).collect();
+    let changed = || Error::ShardChanged { product: product.to_string() };
+    let mut files = Vec::with_capacity(pinned.len());
+    for p in pinned {
+        let now = current.get(&p.path).filter(|f| f.object_meta.size == p.size).ok_or_else(changed)?;
+        let mut file = (*now).clone();
+        file.range = None;
+        if let (Some(start), Some(end)) = (p.range_start, p.range_end) {
+            file = file.with_range(start, end);
+        }
+        files.push(file);
+    }
+    let mut config = config;
+    config.file_groups = vec![FileGroup::new(files)];
+    let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
+    plan.transform_up(|node| {
+        let is_scan = (node.as_ref() as &dyn Any)
+            .downcast_ref::<DataSourceExec>()
+            .is_some_and(|d| d.data_source().downcast_ref::<FileScanConfig>().is_some());
+        Ok(if is_scan { Transformed::yes(Arc::clone(&scan)) } else { Transformed::no(node) })
+    })
+    .map(|t| t.data)
+    .map_err(|e| Error::execution(product, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::prelude::{CsvReadOptions, SessionContext};
+
+    use super::*;
+
+    /// The files in `dir` as table `t`, listed afresh (a new context has no listing cache).
+    async fn listed(dir: &std::path::Path) -> (SessionContext, Arc<dyn ExecutionPlan>) {
+        let ctx = SessionContext::new();
+        ctx.register_csv("t", dir.to_str().unwrap(), CsvReadOptions::new()).await.unwrap();
+        let plan = ctx.sql("SELECT n FROM t").await.unwrap().create_physical_plan().await.unwrap();
+        (ctx, plan)
+    }
+
+    async fn count(ctx: &SessionContext, plan: Arc<dyn ExecutionPlan>) -> Vec<i64> {
+        let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx()).await.unwrap();
+        let mut out = Vec::new();
+        for b in batches {
+            let col = b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+            out.extend(col.values().iter().copied());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn shards_of_files_read_every_row_once_and_only_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all = Vec::new();
+        for f in 0..3 {
+            let rows: Vec<String> = (0..1000).map(|i| (f * 1000 + i).to_string()).collect();
+            all.extend((0..1000).map(|i| (f * 1000 + i) as i64));
+            std::fs::write(dir.path().join(format!("part-{f}.csv")), format!("n\n{}\n", rows.join("\n"))).unwrap();
+        }
+        let (ctx, plan) = listed(dir.path()).await;
+        for n in [2, 5, 16] {
+            let shards = assign(&plan, n, "t").unwrap();
+            assert_eq!(shards.len(), n as usize);
+            let mut got = Vec::new();
+            for files in &shards {
+                got.extend(count(&ctx, pin(Arc::clone(&plan), files, "t").unwrap()).await);
+            }
+            got.sort_unstable();
+            assert_eq!(got, all, "{n} shards");
+        }
+        // A file added later is not read by the shards assigned before it.
+        let shards = assign(&plan, 2, "t").unwrap();
+        std::fs::write(dir.path().join("part-9.csv"), "n\n-1\n").unwrap();
+        let (ctx, later) = listed(dir.path()).await;
+        let mut got = Vec::new();
+        for files in &shards {
+            got.extend(count(&ctx, pin(Arc::clone(&later), files, "t").unwrap()).await);
+        }
+        assert_eq!(got.len(), all.len());
+        let (ctx, whole) = listed(dir.path()).await;
+        assert_eq!(count(&ctx, whole).await.len(), all.len() + 1, "the new file is listed");
+        // A pinned file that changed fails instead.
+        std::fs::write(dir.path().join("part-0.csv"), "n\n1\n").unwrap();
+        let (_, changed) = listed(dir.path()).await;
+        let touched = shards.iter().find(|s| s.iter().any(|f| f.path.ends_with("part-0.csv"))).unwrap();
+        assert!(matches!(pin(changed, touched, "t"), Err(Error::ShardChanged { .. })));
+    }
+
+    #[tokio::test]
+    async fn storage_other_than_files_is_not_split() {
+        let ctx = SessionContext::new();
+        let plan =
+            ctx.sql("SELECT * FROM (VALUES (1), (2)) AS v(n)").await.unwrap().create_physical_plan().await.unwrap();
+        let e = assign(&plan, 2, "a/b").unwrap_err();
+        assert!(matches!(e, Error::Unshardable(_)), "{e}");
+        assert!(e.to_string().contains("read it as one stream"));
+    }
+}

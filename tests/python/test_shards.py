@@ -1,0 +1,96 @@
+"""Sharded reads, as ML training jobs use them: `"shards": N` in a JSON read gives N endpoints
+that together return every row exactly once, each pinned to the files GetFlightInfo assigned it."""
+
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+
+from conftest import Server
+
+
+def sharded(client, product, n, **extra):
+    query = {"product": product, "shards": n, **extra}
+    return client.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(query)))
+
+
+def whole(client, product):
+    info = client.get_flight_info(flight.FlightDescriptor.for_path(*product.split("/")))
+    return client.do_get(info.endpoints[0].ticket).read_all()
+
+
+def rows(table):
+    """Every row as a tuple, sorted: equal lists mean the same rows, each as often."""
+    return sorted(zip(*[table.column(c).to_pylist() for c in table.column_names]), key=repr)
+
+
+@pytest.mark.parametrize("product", ["sales/orders", "customers/profiles", "logistics/shipments",
+                                     "sales/daily_revenue"])
+@pytest.mark.parametrize("n", [2, 3, 8])
+def test_shards_cover_every_row_exactly_once(client, product, n):
+    expected = whole(client, product)
+    info = sharded(client, product, n)
+    assert len(info.endpoints) == n
+    parts = [client.do_get(e.ticket).read_all() for e in info.endpoints]
+    for part in parts:
+        assert part.schema.equals(expected.schema)
+    assert rows(pa.concat_tables(parts)) == rows(expected)
+    if product == "sales/orders":
+        # Several files: the work is really split.
+        assert sum(1 for p in parts if p.num_rows) > 1
+
+
+def test_a_shard_reads_the_files_it_was_assigned(tmp_path, sample_mesh):
+    mesh = tmp_path / "mesh"
+    shutil.copytree(sample_mesh, mesh)
+    s = Server(mesh)
+    try:
+        with s.client() as c:
+            before = whole(c, "sales/orders")
+            info = sharded(c, "sales/orders", 4)
+            # A producer's late file lands between GetFlightInfo and DoGet.
+            region = sorted((mesh / "sales" / "orders" / "data").glob("region=*"))[0]
+            source = sorted(region.glob("*.parquet"))[0]
+            late = region / "late-arrival.parquet"
+            shutil.copy(source, late)
+            got = pa.concat_tables([c.do_get(e.ticket).read_all() for e in info.endpoints])
+            assert rows(got) == rows(before)
+            # A new GetFlightInfo assigns it.
+            after = sharded(c, "sales/orders", 4)
+            got = pa.concat_tables([c.do_get(e.ticket).read_all() for e in after.endpoints])
+            assert got.num_rows > before.num_rows
+            # A pinned file that is gone fails its endpoint instead of returning other rows.
+            late.unlink()
+            with pytest.raises(pa.ArrowException, match="call GetFlightInfo again"):
+                for e in after.endpoints:
+                    c.do_get(e.ticket).read_all()
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("query,message", [
+    ({"shards": 0}, "ask for 1 to 256"),
+    ({"shards": 1000}, "ask for 1 to 256"),
+    ({"shards": 4, "limit": 10}, "cannot be split across"),
+])
+def test_bad_shard_requests_say_what_to_fix(client, query, message):
+    with pytest.raises(pa.ArrowInvalid, match=message):
+        client.get_flight_info(flight.FlightDescriptor.for_command(json.dumps({"product": "sales/orders", **query})))
+
+
+def test_a_ticket_for_another_users_shard_is_refused(tmp_path):
+    s = Server(None, cwd=tmp_path, secure=True)
+    try:
+        with s.client() as c:
+            alice = flight.FlightCallOptions(headers=[c.authenticate_basic_token("alice", "alice-dev-password")])
+            bob = flight.FlightCallOptions(headers=[c.authenticate_basic_token("bob", "bob-dev-password")])
+            query = json.dumps({"product": "sales/orders", "shards": 3})
+            info = c.get_flight_info(flight.FlightDescriptor.for_command(query), alice)
+            mine = pa.concat_tables([c.do_get(e.ticket, alice).read_all() for e in info.endpoints])
+            assert mine.num_rows > 0 and set(mine.column("region").to_pylist()) == {"EMEA"}
+            with pytest.raises(flight.FlightUnauthorizedError, match="another principal"):
+                c.do_get(info.endpoints[1].ticket, bob).read_all()
+    finally:
+        s.stop()
