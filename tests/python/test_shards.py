@@ -94,3 +94,25 @@ def test_a_ticket_for_another_users_shard_is_refused(tmp_path):
                 c.do_get(info.endpoints[1].ticket, bob).read_all()
     finally:
         s.stop()
+
+
+def test_a_worker_resumes_its_shard_at_a_row_offset(client):
+    info = sharded(client, "sales/orders", 3)
+    ticket = info.endpoints[0].ticket
+    first = client.do_get(ticket).read_all()
+    # A shard's rows come in the same order every time: a resumed read continues exactly.
+    assert client.do_get(ticket).read_all().equals(first)
+    for offset in [0, 1, first.num_rows // 2, first.num_rows]:
+        options = flight.FlightCallOptions(headers=[(b"x-meshgate-offset", str(offset).encode())])
+        rest = client.do_get(ticket, options).read_all()
+        assert rest.equals(first.slice(offset)), offset
+
+
+def test_an_offset_needs_a_shard_and_a_number(client):
+    info = client.get_flight_info(flight.FlightDescriptor.for_path("sales", "orders"))
+    options = flight.FlightCallOptions(headers=[(b"x-meshgate-offset", b"10")])
+    with pytest.raises(pa.ArrowInvalid, match="shards"):
+        client.do_get(info.endpoints[0].ticket, options).read_all()
+    options = flight.FlightCallOptions(headers=[(b"x-meshgate-offset", b"-3")])
+    with pytest.raises(pa.ArrowInvalid, match="rows already read"):
+        client.do_get(sharded(client, "sales/orders", 2).endpoints[0].ticket, options).read_all()

@@ -110,6 +110,9 @@ pub struct ReadStream {
     pub label: String,
     /// The batches; the stream ends only once the read's outcome is durable.
     pub batches: BoxStream<'static, Result<RecordBatch>>,
+    /// Whether the rows come in the same order every time the ticket is redeemed (a shard's
+    /// pinned files, read one after another), so a reader may resume at a row offset.
+    pub ordered: bool,
 }
 
 impl std::fmt::Debug for ReadStream {
@@ -721,6 +724,7 @@ impl AccessCore {
         mut token: Option<AuditToken>,
     ) -> Result<ReadStream> {
         trace_reads(&plan);
+        let ordered = pinned.is_some();
         let label = plan.label();
         let statement = matches!(plan.request, ReadRequest::Sql(_));
         let mut resources = plan.audit_resources();
@@ -759,7 +763,7 @@ impl AccessCore {
             t.started().await?;
         }
         let batches = exec::audited(batches, token, served, label.clone(), self.stop.clone(), permit).boxed();
-        Ok(ReadStream { schema, label, batches })
+        Ok(ReadStream { schema, label, batches, ordered })
     }
 
     /// Plans `request` for `p` on the execution runtime.

@@ -153,6 +153,14 @@ impl MeshFlightService {
     }
 }
 
+/// The row offset a reader resumes at ([`wire::OFFSET_HEADER`]), if it sent one.
+fn offset_of<T>(request: &Request<T>) -> Result<Option<u64>> {
+    let Some(value) = request.metadata().get(wire::OFFSET_HEADER) else { return Ok(None) };
+    value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).map(Some).ok_or_else(|| {
+        Error::BadOption(format!("{} is the number of rows already read (0 or more)", wire::OFFSET_HEADER))
+    })
+}
+
 /// `base` (its locations kept) with the ticket `issued` and that ticket's expiry.
 pub(crate) fn endpoint(base: FlightEndpoint, issued: IssuedTicket) -> FlightEndpoint {
     let since = issued.expires.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -312,13 +320,25 @@ impl FlightService for MeshFlightService {
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let call = call("DoGet", &request)?;
         let wire = self.wire_for(&request)?;
+        let offset = offset_of(&request)?;
         let ticket = request.into_inner().ticket;
         let read = match sql::metadata_read(&self.core, &call, &ticket).await {
             Some(read) => read?,
             None => self.core.read_ticket(&call, &ticket).await?,
         };
         let label = read.label;
-        let batches = read.batches.map_err(|e| FlightError::ExternalError(Box::new(e)));
+        let mut batches = read.batches.map_err(|e| FlightError::ExternalError(Box::new(e))).boxed();
+        if let Some(offset) = offset {
+            if !read.ordered {
+                // Dropping the stream records the read as ended.
+                return Err(Error::BadOption(format!(
+                    "{} resumes a shard's stream, whose rows come in a fixed order; ask GetFlightInfo for \"shards\" and resume those endpoints",
+                    wire::OFFSET_HEADER
+                ))
+                .into());
+            }
+            batches = wire::skip(batches, offset).boxed();
+        }
         let flight = wire::encode(read.schema, batches, wire).map_err(move |e| Status::from(stream_error(&label, e)));
         Ok(Response::new(flight.boxed()))
     }
