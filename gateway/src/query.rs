@@ -126,6 +126,9 @@ pub struct ReadSpec {
     /// Endpoints to split the read into, each returning its share of the rows exactly once
     /// (`None`: one endpoint).
     pub shards: Option<u32>,
+    /// Seed of a reproducible order for a sharded read: the same seed gives the same order of
+    /// endpoints and of the files and byte ranges within each (`None`: the listing's order).
+    pub shuffle_seed: Option<u64>,
 }
 
 /// Most shards one read may be split into.
@@ -145,6 +148,8 @@ struct JsonQuery {
     limit: Option<u64>,
     #[serde(default)]
     shards: Option<u32>,
+    #[serde(default)]
+    shuffle_seed: Option<u64>,
 }
 
 impl ReadSpec {
@@ -178,6 +183,11 @@ impl ReadSpec {
             Some(n) if n == 0 || n > MAX_SHARDS => {
                 return Err(Error::BadQuery(format!("`shards` is {n}; ask for 1 to {MAX_SHARDS}")));
             }
+            _ if q.shuffle_seed.is_some() && q.limit.is_some() => {
+                return Err(Error::BadQuery(
+                    "a `limit` of a shuffled read is not reproducible; leave one of them out".into(),
+                ));
+            }
             Some(n) if n > 1 && q.limit.is_some() => {
                 return Err(Error::BadQuery("a `limit` cannot be split across `shards`; leave one of them out".into()));
             }
@@ -190,7 +200,9 @@ impl ReadSpec {
             columns: q.columns.unwrap_or_default(),
             filter: q.filter.filter(|f| !f.trim().is_empty()),
             limit: q.limit,
-            shards: q.shards.filter(|n| *n > 1),
+            // A seed orders the files, so its read is assigned them even as one shard.
+            shards: q.shards.filter(|n| *n > 1 || q.shuffle_seed.is_some()),
+            shuffle_seed: q.shuffle_seed,
         })
     }
 }

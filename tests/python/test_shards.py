@@ -74,6 +74,7 @@ def test_a_shard_reads_the_files_it_was_assigned(tmp_path, sample_mesh):
     ({"shards": 0}, "ask for 1 to 256"),
     ({"shards": 1000}, "ask for 1 to 256"),
     ({"shards": 4, "limit": 10}, "cannot be split across"),
+    ({"shuffle_seed": 3, "limit": 10}, "not reproducible"),
 ])
 def test_bad_shard_requests_say_what_to_fix(client, query, message):
     with pytest.raises(pa.ArrowInvalid, match=message):
@@ -116,3 +117,16 @@ def test_an_offset_needs_a_shard_and_a_number(client):
     options = flight.FlightCallOptions(headers=[(b"x-meshgate-offset", b"-3")])
     with pytest.raises(pa.ArrowInvalid, match="rows already read"):
         client.do_get(sharded(client, "sales/orders", 2).endpoints[0].ticket, options).read_all()
+
+
+def test_a_shuffle_seed_gives_a_reproducible_order(client):
+    def epoch(seed, n=4):
+        info = sharded(client, "sales/orders", n, shuffle_seed=seed)
+        return [client.do_get(e.ticket).read_all().column("order_id").to_pylist() for e in info.endpoints]
+
+    first = epoch(42)
+    assert epoch(42) == first
+    assert sorted(sum(first, [])) == sorted(whole(client, "sales/orders").column("order_id").to_pylist())
+    assert epoch(43) != first
+    # One shard with a seed is one reproducible stream.
+    assert epoch(5, 1) == epoch(5, 1)

@@ -550,21 +550,24 @@ impl AccessCore {
     /// The tickets of `plan`'s endpoints: one, or one per shard when the read asks for
     /// `shards`, each pinning the files it reads ([`shard`]).
     pub async fn tickets(&self, plan: &AuthorizedPlan) -> Result<Vec<IssuedTicket>> {
-        let count = match &plan.request {
-            ReadRequest::Product(spec) => spec.shards.unwrap_or(1),
-            ReadRequest::Sql(_) => 1,
+        let (count, seed) = match &plan.request {
+            ReadRequest::Product(spec) => (spec.shards.unwrap_or(1), spec.shuffle_seed),
+            ReadRequest::Sql(_) => (1, None),
         };
-        if count <= 1 {
+        if count <= 1 && seed.is_none() {
             return Ok(vec![self.ticket(plan, Shard::WHOLE)?]);
         }
         let (df, label) = (plan.df.clone(), plan.label());
-        let shards = self
+        let mut shards = self
             .exec
             .run(async move {
                 let physical = df.create_physical_plan().await.map_err(|e| Error::execution(&label, e))?;
                 shard::assign(&physical, count, &label)
             })
             .await?;
+        if let Some(seed) = seed {
+            shard::shuffle(&mut shards, seed);
+        }
         let mut tickets = Vec::with_capacity(shards.len());
         for (index, files) in shards.into_iter().enumerate() {
             let mut claims = plan.claims(Shard { index: index as u32, count })?;

@@ -79,6 +79,7 @@ impl ReadRequest {
                 filter: Some(r.filter.clone()).filter(|f| !f.is_empty()),
                 limit: r.limit,
                 shards: None,
+                shuffle_seed: None,
             })]),
             Some(Read::Sql(s)) => {
                 let mut rows = params::decode_rows(&s.parameters)?;

@@ -99,6 +99,28 @@ pub(crate) fn assign(plan: &Arc<dyn ExecutionPlan>, count: u32, product: &str) -
     Ok(shards)
 }
 
+/// Orders `shards` and the files within each by `seed`: the same seed, the same order (a
+/// fixed generator, SplitMix64, and Fisher–Yates, so the order holds across releases).
+pub(crate) fn shuffle(shards: &mut [Vec<PinnedFile>], seed: u64) {
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    fn permute<T>(items: &mut [T], next: &mut impl FnMut() -> u64) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, (next() % (i as u64 + 1)) as usize);
+        }
+    }
+    permute(shards, &mut next);
+    for files in shards.iter_mut() {
+        permute(files, &mut next);
+    }
+}
+
 /// Whole files in `count` groups of similar size (largest first, each to the lightest group):
 /// for formats that cannot be read by byte range.
 fn by_size(mut files: Vec<PartitionedFile>, count: usize) -> Vec<Vec<PartitionedFile>> {
@@ -208,6 +230,24 @@ mod tests {
         let (_, changed) = listed(dir.path()).await;
         let touched = shards.iter().find(|s| s.iter().any(|f| f.path.ends_with("part-0.csv"))).unwrap();
         assert!(matches!(pin(changed, touched, "t"), Err(Error::ShardChanged { .. })));
+    }
+
+    #[test]
+    fn a_seed_gives_one_order() {
+        let file = |i: u64| PinnedFile { path: format!("f{i}"), size: i, range_start: None, range_end: None };
+        let shards: Vec<Vec<PinnedFile>> = (0..4).map(|s| (0..5).map(|f| file(s * 10 + f)).collect()).collect();
+        let order = |seed| {
+            let mut s = shards.clone();
+            shuffle(&mut s, seed);
+            s
+        };
+        assert_eq!(order(7), order(7));
+        assert_ne!(order(7), order(8));
+        let mut all: Vec<String> = order(7).into_iter().flatten().map(|f| f.path).collect();
+        all.sort();
+        let mut before: Vec<String> = shards.into_iter().flatten().map(|f| f.path).collect();
+        before.sort();
+        assert_eq!(all, before, "a permutation: nothing lost or repeated");
     }
 
     #[tokio::test]
