@@ -129,7 +129,13 @@ pub struct ReadSpec {
     /// Seed of a reproducible order for a sharded read: the same seed gives the same order of
     /// endpoints and of the files and byte ranges within each (`None`: the listing's order).
     pub shuffle_seed: Option<u64>,
+    /// Message body compression for the stream (`lz4` or `zstd`), kept in the ticket; a
+    /// DoGet header overrides it.
+    pub compression: Option<String>,
 }
+
+/// Compressions a read may ask for.
+pub const COMPRESSIONS: [&str; 4] = ["lz4", "lz4_frame", "zstd", "none"];
 
 /// Most shards one read may be split into.
 pub const MAX_SHARDS: u32 = 256;
@@ -150,6 +156,17 @@ struct JsonQuery {
     shards: Option<u32>,
     #[serde(default)]
     shuffle_seed: Option<u64>,
+    #[serde(default)]
+    compression: Option<String>,
+}
+
+/// A read's `compression`, lower-cased; `none` is no compression.
+fn compression(name: Option<String>) -> Result<Option<String>> {
+    let Some(name) = name.map(|n| n.trim().to_ascii_lowercase()) else { return Ok(None) };
+    if !COMPRESSIONS.contains(&name.as_str()) {
+        return Err(Error::BadQuery(format!("`compression` is `{}`; use lz4, zstd or none", crate::text::clip(&name))));
+    }
+    Ok(Some(name).filter(|n| n != "none"))
 }
 
 impl ReadSpec {
@@ -203,6 +220,7 @@ impl ReadSpec {
             // A seed orders the files, so its read is assigned them even as one shard.
             shards: q.shards.filter(|n| *n > 1 || q.shuffle_seed.is_some()),
             shuffle_seed: q.shuffle_seed,
+            compression: compression(q.compression)?,
         })
     }
 }

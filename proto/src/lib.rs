@@ -57,6 +57,7 @@ mod tests {
             generation: 3,
             shard_files: vec![],
             files_assigned: false,
+            compression: String::new(),
         };
         let bytes = claims.encode_to_vec();
         // Hand-checked: field 10 (expiry) is `50 07`, field 11 (subject) `5a 05 "alice"`, field

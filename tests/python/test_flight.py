@@ -197,3 +197,12 @@ def test_an_unknown_compression_is_refused_naming_the_choices(client):
     options = flight.FlightCallOptions(headers=[(b"x-meshgate-compression", b"gzip")])
     with pytest.raises(pa.ArrowInvalid, match="use lz4, zstd or none"):
         client.do_get(info.endpoints[0].ticket, options).read_all()
+
+
+def test_a_read_may_carry_its_compression_in_the_ticket(client):
+    plain = read(client, client.get_flight_info(flight.FlightDescriptor.for_path("sales", "orders")))
+    query = {"product": "sales/orders", "compression": "ZSTD"}
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(query)))
+    assert read(client, info).sort_by("order_id").equals(plain.sort_by("order_id"))
+    with pytest.raises(pa.ArrowInvalid, match="use lz4, zstd or none"):
+        client.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(dict(query, compression="gzip"))))

@@ -113,6 +113,8 @@ pub struct ReadStream {
     /// Whether the rows come in the same order every time the ticket is redeemed (a shard's
     /// pinned files, read one after another), so a reader may resume at a row offset.
     pub ordered: bool,
+    /// The message body compression the read asked for (`lz4`, `zstd`), if any.
+    pub compression: Option<String>,
 }
 
 impl std::fmt::Debug for ReadStream {
@@ -728,6 +730,10 @@ impl AccessCore {
     ) -> Result<ReadStream> {
         trace_reads(&plan);
         let ordered = pinned.is_some();
+        let compression = match &plan.request {
+            ReadRequest::Product(spec) => spec.compression.clone(),
+            ReadRequest::Sql(_) => None,
+        };
         let label = plan.label();
         let statement = matches!(plan.request, ReadRequest::Sql(_));
         let mut resources = plan.audit_resources();
@@ -766,7 +772,7 @@ impl AccessCore {
             t.started().await?;
         }
         let batches = exec::audited(batches, token, served, label.clone(), self.stop.clone(), permit).boxed();
-        Ok(ReadStream { schema, label, batches, ordered })
+        Ok(ReadStream { schema, label, batches, ordered, compression })
     }
 
     /// Plans `request` for `p` on the execution runtime.

@@ -80,6 +80,7 @@ impl ReadRequest {
                 limit: r.limit,
                 shards: None,
                 shuffle_seed: None,
+                compression: Some(claims.compression.clone()).filter(|c| !c.is_empty()),
             })]),
             Some(Read::Sql(s)) => {
                 let mut rows = params::decode_rows(&s.parameters)?;
@@ -246,6 +247,10 @@ impl AuthorizedPlan {
     pub(crate) fn claims(&self, shard: Shard) -> Result<TicketClaims> {
         Ok(TicketClaims {
             read: Some(self.request.to_claims(&self.reads)?),
+            compression: match &self.request {
+                ReadRequest::Product(spec) => spec.compression.clone().unwrap_or_default(),
+                ReadRequest::Sql(_) => String::new(),
+            },
             resources: self.resource_reads(),
             generation: self.generation,
             shard_index: shard.index,

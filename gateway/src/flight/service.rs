@@ -63,15 +63,14 @@ fn call<T>(rpc: &str, req: &Request<T>) -> Result<Call> {
 }
 
 impl MeshFlightService {
-    /// The wire options of one stream: the server's, with the compression the client asks for
-    /// in the [`wire::COMPRESSION_HEADER`] header.
-    fn wire_for<T>(&self, request: &Request<T>) -> Result<WireOptions> {
+    /// The compression the client asks for in the [`wire::COMPRESSION_HEADER`] header, if it
+    /// sent one (`Some(None)`: none).
+    fn compression_header<T>(request: &Request<T>) -> Result<Option<Option<wire::Compression>>> {
         let Some(value) = request.metadata().get(wire::COMPRESSION_HEADER) else {
-            return Ok(self.wire);
+            return Ok(None);
         };
         let name = value.to_str().map_err(|_| Error::BadOption(format!("{} is not text", wire::COMPRESSION_HEADER)))?;
-        let compression = wire::Compression::parse(name).map_err(Error::BadOption)?;
-        Ok(WireOptions { compression, ..self.wire })
+        wire::Compression::parse(name).map(Some).map_err(Error::BadOption)
     }
 
     /// A service over the access core `core`.
@@ -319,13 +318,22 @@ impl FlightService for MeshFlightService {
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let call = call("DoGet", &request)?;
-        let wire = self.wire_for(&request)?;
+        let header = Self::compression_header(&request)?;
         let offset = offset_of(&request)?;
         let ticket = request.into_inner().ticket;
         let read = match sql::metadata_read(&self.core, &call, &ticket).await {
             Some(read) => read?,
             None => self.core.read_ticket(&call, &ticket).await?,
         };
+        // The header wins over the read's own `compression` (kept in its ticket).
+        let compression = match header {
+            Some(c) => c,
+            None => match &read.compression {
+                Some(name) => wire::Compression::parse(name).map_err(Error::BadOption)?,
+                None => None,
+            },
+        };
+        let wire = WireOptions { compression, ..self.wire };
         let label = read.label;
         let mut batches = read.batches.map_err(|e| FlightError::ExternalError(Box::new(e))).boxed();
         if let Some(offset) = offset {

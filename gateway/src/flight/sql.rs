@@ -91,6 +91,7 @@ pub(crate) async fn metadata_read(core: &Arc<AccessCore>, call: &Call, ticket: &
         label: "the catalog".into(),
         batches: futures::stream::once(async move { Ok(batch) }).boxed(),
         ordered: true,
+        compression: None,
     }))
 }
 
