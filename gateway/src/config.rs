@@ -183,6 +183,16 @@ pub struct GatewayConfig {
     /// `grpc://` or `grpc+tls://` and the address the gateway listens on).
     #[arg(long, env = "MESHGATE_FLIGHT_URL")]
     pub flight_url: Option<String>,
+
+    /// How often the contracts' quality rules without a cron `schedule` are checked; rules are
+    /// also checked when a product's data changes. `0s` turns scheduled checks off.
+    #[arg(long, env = "MESHGATE_QUALITY_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub quality_interval: Duration,
+
+    /// JSON-lines file that quality outcomes are appended to and read back from at start
+    /// (default: outcomes are kept in memory only).
+    #[arg(long, env = "MESHGATE_QUALITY_LOG")]
+    pub quality_log: Option<PathBuf>,
 }
 
 /// Where the HTTP side port listens, if anywhere.
@@ -241,6 +251,8 @@ impl GatewayConfig {
             metrics_max_consumers: crate::metrics::DEFAULT_MAX_CONSUMERS,
             http_cookie_secure: false,
             flight_url: None,
+            quality_interval: Duration::from_secs(3600),
+            quality_log: None,
         }
     }
 }

@@ -40,6 +40,7 @@ pub mod governance;
 pub mod http;
 pub mod metrics;
 pub mod net;
+pub mod quality;
 pub mod query;
 pub mod sample;
 pub mod server;

@@ -131,11 +131,44 @@ pub struct ReadSpec {
     pub shuffle_seed: Option<u64>,
     /// Message body compression for the stream (`lz4` or `zstd`), kept in the ticket; a
     /// DoGet header overrides it.
-    pub compression: Option<String>,
+    pub compression: Option<Compression>,
+    /// Refuse the read when the product's data last changed longer ago than this (JSON
+    /// `"max_staleness": "1h"`); checked when the read is planned.
+    pub max_staleness: Option<std::time::Duration>,
 }
 
-/// Compressions a read may ask for.
-pub const COMPRESSIONS: [&str; 4] = ["lz4", "lz4_frame", "zstd", "none"];
+/// Arrow IPC message body compression a read may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// LZ4 frame: fast, modest ratio.
+    Lz4,
+    /// Zstandard: better ratio, more CPU.
+    Zstd,
+}
+
+impl Compression {
+    /// The compression named `name` (`lz4`, `lz4_frame`, `zstd`; any case), `None` for `none`
+    /// or empty; the error says what to use.
+    pub fn parse(name: &str) -> std::result::Result<Option<Self>, String> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "" | "none" => Ok(None),
+            "lz4" | "lz4_frame" => Ok(Some(Self::Lz4)),
+            "zstd" => Ok(Some(Self::Zstd)),
+            _ => Err(format!(
+                "`{}` is not a compression meshgate offers; use lz4, zstd or none",
+                crate::text::clip(name)
+            )),
+        }
+    }
+
+    /// Its name, as [`Compression::parse`] reads it back (kept in tickets).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lz4 => "lz4",
+            Self::Zstd => "zstd",
+        }
+    }
+}
 
 /// Most shards one read may be split into.
 pub const MAX_SHARDS: u32 = 256;
@@ -158,15 +191,8 @@ struct JsonQuery {
     shuffle_seed: Option<u64>,
     #[serde(default)]
     compression: Option<String>,
-}
-
-/// A read's `compression`, lower-cased; `none` is no compression.
-fn compression(name: Option<String>) -> Result<Option<String>> {
-    let Some(name) = name.map(|n| n.trim().to_ascii_lowercase()) else { return Ok(None) };
-    if !COMPRESSIONS.contains(&name.as_str()) {
-        return Err(Error::BadQuery(format!("`compression` is `{}`; use lz4, zstd or none", crate::text::clip(&name))));
-    }
-    Ok(Some(name).filter(|n| n != "none"))
+    #[serde(default)]
+    max_staleness: Option<String>,
 }
 
 impl ReadSpec {
@@ -220,7 +246,19 @@ impl ReadSpec {
             // A seed orders the files, so its read is assigned them even as one shard.
             shards: q.shards.filter(|n| *n > 1 || q.shuffle_seed.is_some()),
             shuffle_seed: q.shuffle_seed,
-            compression: compression(q.compression)?,
+            compression: match q.compression {
+                Some(name) => Compression::parse(&name).map_err(Error::BadQuery)?,
+                None => None,
+            },
+            max_staleness: match q.max_staleness {
+                Some(s) => Some(humantime::parse_duration(s.trim()).map_err(|_| {
+                    Error::BadQuery(format!(
+                        "`max_staleness` is `{}`; give a duration such as \"15m\", \"1h\" or \"2d\"",
+                        crate::text::clip(&s)
+                    ))
+                })?),
+                None => None,
+            },
         })
     }
 }
@@ -462,6 +500,18 @@ fn with_contract_metadata(plan_schema: &Schema, contract: &Schema) -> SchemaRef 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compression_names() {
+        assert_eq!(Compression::parse("LZ4").unwrap(), Some(Compression::Lz4));
+        assert_eq!(Compression::parse("lz4_frame").unwrap(), Some(Compression::Lz4));
+        assert_eq!(Compression::parse("zstd").unwrap(), Some(Compression::Zstd));
+        assert_eq!(Compression::parse("none").unwrap(), None);
+        assert!(Compression::parse("gzip").unwrap_err().contains("lz4, zstd or none"));
+        for c in [Compression::Lz4, Compression::Zstd] {
+            assert_eq!(Compression::parse(c.name()).unwrap(), Some(c));
+        }
+    }
 
     #[test]
     fn json_queries() {

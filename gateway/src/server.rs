@@ -84,6 +84,7 @@ pub struct Gateway {
     stop: tokio::sync::watch::Sender<bool>,
     _watcher: Option<CatalogWatcher>,
     _retry: Option<RetryTimer>,
+    _quality: Option<RetryTimer>,
     http: Option<HttpServer>,
 }
 
@@ -222,6 +223,10 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new(config.metrics_max_consumers));
         let (ctx, catalog) = open_catalog(&config, &mesh, memory)?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let quality = Arc::new(
+            crate::quality::Quality::open(config.quality_log.clone())
+                .map_err(|source| Error::Io { context: "opening the quality log (--quality-log)".into(), source })?,
+        );
         let mut core = AccessCore::builder(catalog, ctx, signer)
             .with_options(CoreOptions {
                 governed: authenticator.is_some(),
@@ -234,9 +239,14 @@ impl Gateway {
                 },
             })
             .with_stop(stopped)
-            .with_metrics(Arc::clone(&metrics));
+            .with_metrics(Arc::clone(&metrics))
+            .with_quality(Arc::clone(&quality));
+        // The governance records are products where governance runs (with authentication).
         if let Some(log) = &audit {
-            core = core.with_audit(Arc::clone(log)).with_builtin(crate::audit::product::product(log.dir()));
+            core = core
+                .with_audit(Arc::clone(log))
+                .with_builtin(crate::audit::product::product(log.dir()))
+                .with_builtin(crate::quality::product::product(quality));
         }
         let core = core.build().await?;
         let watcher = if config.no_watch {
@@ -269,6 +279,21 @@ impl Gateway {
                     }
                     if let Err(e) = core.reload().await {
                         tracing::warn!(error = %e, "retrying refused products failed; the catalog in force stays");
+                    }
+                }
+            })
+        });
+        // Quality rules: a look every few seconds at what is due (a data change, the interval,
+        // a rule's cron schedule); a slow check delays the next look instead of overlapping it.
+        let quality = (!config.quality_interval.is_zero()).then(|| {
+            let core = Arc::clone(&core);
+            let every = config.quality_interval;
+            let look = every.min(std::time::Duration::from_secs(30));
+            RetryTimer::start(look, move || {
+                let core = Arc::clone(&core);
+                async move {
+                    if let Err(e) = core.check_due_quality(every).await {
+                        tracing::warn!(error = %e, "scheduled quality checks failed");
                     }
                 }
             })
@@ -365,6 +390,7 @@ impl Gateway {
             stop,
             _watcher: watcher,
             _retry: retry,
+            _quality: quality,
             http,
         })
     }

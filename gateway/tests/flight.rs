@@ -118,7 +118,7 @@ async fn actions_describe_health_reload() {
         .into_iter()
         .map(|a| a.r#type)
         .collect();
-    assert_eq!(names, ["describe", "health", "reload"]);
+    assert_eq!(names, ["describe", "health", "reload", "check-quality"]);
     let d = f.action("describe", "customers/profiles").await.unwrap();
     assert_eq!(d["product"]["owner"], "customer-360");
     assert_eq!(d["contract"]["columns"][2]["classification"], "pii");
@@ -226,7 +226,7 @@ async fn a_broken_product_does_not_take_the_others_down() {
     meshgate::sample::write(mesh.path(), 0.02).unwrap();
     common::write(
         &mesh.path().join("sales/returns/product.odps.yaml"),
-        "apiVersion: v1.0.0\nkind: DataProduct\nid: r\nstatus: active\noutputPorts:\n  - name: v1\n    contractId: r1\n",
+        "apiVersion: v1.0.0\nkind: DataProduct\nid: r\nstatus: active\noutputPorts:\n  - name: v1\n    version: 1.0.0\n    contractId: r1\n",
     );
     common::write(
         &mesh.path().join("sales/returns/v1.odcs.yaml"),
@@ -331,7 +331,7 @@ async fn memory_products_serve_through_the_same_path() {
     let mesh = tempfile::tempdir().unwrap();
     common::write(
         &mesh.path().join("lab/points/product.odps.yaml"),
-        "apiVersion: v1.0.0\nkind: DataProduct\nid: p\nstatus: active\ntags: [lab]\noutputPorts:\n  - name: v1\n    contractId: p1\n",
+        "apiVersion: v1.0.0\nkind: DataProduct\nid: p\nstatus: active\ntags: [lab]\noutputPorts:\n  - name: v1\n    version: 1.0.0\n    contractId: p1\n",
     );
     common::write(
         &mesh.path().join("lab/points/v1.odcs.yaml"),
@@ -381,7 +381,9 @@ async fn contracts_are_checked_against_the_data_and_standard_extras_are_accepted
     let contract = mesh.path().join("logistics/warehouses/v1.odcs.yaml");
     let text = std::fs::read_to_string(&contract).unwrap();
     // Standard fields meshgate does not use are fine.
-    let extended = format!("{text}servers:\n  - server: local\n    type: local\nsupport:\n  - channel: '#logistics'\n");
+    let extended = format!(
+        "{text}servers:\n  - server: local\n    type: local\n    path: ./data\n    format: parquet\nsupport:\n  - channel: '#logistics'\n"
+    );
     std::fs::write(&contract, extended).unwrap();
     // A column the data does not have, and a type the data does not hold.
     let shipments = mesh.path().join("logistics/shipments/v1.odcs.yaml");

@@ -178,7 +178,7 @@ fn write_thief(mesh: &std::path::Path, name: &str, location: &str) {
     common::write(
         &mesh.join(format!("sales/{name}/product.odps.yaml")),
         &format!(
-            "apiVersion: v1.0.0\nkind: DataProduct\nid: {name}\nstatus: active\noutputPorts:\n  - name: v1\n    contractId: {name}1\n"
+            "apiVersion: v1.0.0\nkind: DataProduct\nid: {name}\nstatus: active\noutputPorts:\n  - name: v1\n    version: 1.0.0\n    contractId: {name}1\n"
         ),
     );
     common::write(

@@ -15,7 +15,7 @@ fn product(mesh: &Path, name: &str, file: &str, format: &str, columns: &[(&str, 
     common::write(
         &mesh.join(format!("lab/{name}/product.odps.yaml")),
         &format!(
-            "apiVersion: v1.0.0\nkind: DataProduct\nid: {name}\nstatus: active\noutputPorts:\n  - name: v1\n    contractId: {name}-v1\n"
+            "apiVersion: v1.0.0\nkind: DataProduct\nid: {name}\nstatus: active\noutputPorts:\n  - name: v1\n    version: 1.0.0\n    contractId: {name}-v1\n"
         ),
     );
     let props: String = columns.iter().map(|(c, t)| format!("      - name: {c}\n        logicalType: {t}\n")).collect();

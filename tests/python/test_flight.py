@@ -161,7 +161,7 @@ def test_view_typed_files_reach_pyarrow_as_classic_strings(tmp_path):
             pq.write_table(table, d / "data" / "part.parquet")
         (d / "product.odps.yaml").write_text(
             f"apiVersion: v1.0.0\nkind: DataProduct\nid: {name}\nstatus: active\n"
-            f"outputPorts:\n  - name: v1\n    contractId: {name}-v1\n")
+            f"outputPorts:\n  - name: v1\n    version: 1.0.0\n    contractId: {name}-v1\n")
         (d / "v1.odcs.yaml").write_text(
             f"apiVersion: v3.1.0\nkind: DataContract\nid: {name}-v1\nversion: 1.0.0\nstatus: active\n"
             "schema:\n  - name: t\n    properties:\n"

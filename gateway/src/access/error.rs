@@ -120,6 +120,10 @@ pub enum Error {
         /// `domain/product`.
         product: String,
     },
+    /// The data is older than the read's `max_staleness` allows (or its age is not measured);
+    /// the text names the product, its age and its SLA.
+    #[error("{0}")]
+    Stale(String),
     /// A SQL statement calls a table function.
     #[error(
         "`{0}(...)` is a table function: statements read the products of the mesh only (catalog `mesh`), not files or generated tables; a domain publishes data through its own pipeline into its product's storage"
@@ -228,7 +232,7 @@ pub(crate) fn to_status(e: &Error) -> Status {
             T::BadSignature | T::Expired => Status::unauthenticated(msg),
             T::WeakKey(_) => internal("the ticket key is misconfigured"),
         },
-        Error::StaleTicket { .. } | Error::ShardChanged { .. } => Status::failed_precondition(msg),
+        Error::StaleTicket { .. } | Error::ShardChanged { .. } | Error::Stale(_) => Status::failed_precondition(msg),
         Error::Unshardable(_) => Status::invalid_argument(msg),
         Error::BadDescriptor(_) | Error::BadAction(_) | Error::BadOption(_) => Status::invalid_argument(msg),
         Error::Unsupported(_) => Status::new(Code::Unimplemented, msg),
@@ -365,6 +369,7 @@ mod tests {
         assert_eq!(code(Error::Shard { index: 1, count: 2 }), Code::InvalidArgument);
         assert_eq!(code(Error::Unshardable("x".into())), Code::InvalidArgument);
         assert_eq!(code(Error::ShardChanged { product: "a/b".into() }), Code::FailedPrecondition);
+        assert_eq!(code(Error::Stale("x".into())), Code::FailedPrecondition);
         assert_eq!(code(Error::Parameters("x".into())), Code::InvalidArgument);
         assert_eq!(code(Error::StatementTooLong { bytes: 2, limit: 1 }), Code::InvalidArgument);
         assert_eq!(code(Error::TableFunction("read_csv".into())), Code::InvalidArgument);

@@ -118,16 +118,19 @@ impl PrincipalView {
             .iter()
             .flat_map(|p| p.relationships.iter().map(move |r| (p, r)))
             .filter_map(|(p, r)| {
-                let (domain, target, column) = r.target()?;
-                let referenced = self.visible_products().find(|x| x.domain == domain && x.name == target)?;
-                let pk_port = &referenced.ports[referenced.default_port];
-                pk_port.schema.field_with_name(column).ok()?;
-                Some(ForeignKey {
-                    column: p.name.clone(),
-                    pk_schema: domain.into(),
-                    pk_table: target.into(),
-                    pk_column: column.into(),
-                })
+                let t = r.target((&product.domain, &product.name))?;
+                let referenced = self.visible_products().find(|x| x.domain == t.domain && x.name == t.product)?;
+                let default = &referenced.ports[referenced.default_port];
+                let (pk_port, pk_table) = match t.port.as_deref() {
+                    None => (default, t.product.clone()),
+                    Some(name) if name == default.name => (default, t.product.clone()),
+                    Some(name) => (
+                        referenced.ports.iter().find(|x| x.name == name)?,
+                        format!("{}{}{name}", t.product, super::PORT_SEPARATOR),
+                    ),
+                };
+                pk_port.schema.field_with_name(&t.column).ok()?;
+                Some(ForeignKey { column: p.name.clone(), pk_schema: t.domain, pk_table, pk_column: t.column })
             })
             .collect();
         TableEntry {

@@ -61,6 +61,7 @@ mod params;
 pub mod plan;
 mod shard;
 pub mod snapshot;
+mod trust;
 mod usage;
 
 pub use crate::audit::Client;
@@ -70,6 +71,7 @@ pub use listing::{ForeignKey, SYSTEM_SCHEMA, TableEntry, TableKind};
 pub use mesh::{CATALOG, PORT_SEPARATOR, Resolved};
 pub use params::MAX_BYTES as MAX_PARAMETER_BYTES;
 pub use plan::{AuthorizedPlan, ReadRequest, Shard, SqlRead};
+pub(crate) use shard::listed_files;
 pub use snapshot::{MeshSnapshot, ReloadReport};
 pub use usage::UsageDay;
 
@@ -114,7 +116,7 @@ pub struct ReadStream {
     /// pinned files, read one after another), so a reader may resume at a row offset.
     pub ordered: bool,
     /// The message body compression the read asked for (`lz4`, `zstd`), if any.
-    pub compression: Option<String>,
+    pub compression: Option<crate::query::Compression>,
 }
 
 impl std::fmt::Debug for ReadStream {
@@ -167,6 +169,7 @@ pub struct AccessCore {
     metrics: Option<Arc<crate::metrics::Metrics>>,
     reloads: crate::metrics::ReloadStats,
     usage: Arc<usage::UsageCache>,
+    quality: Arc<crate::quality::Quality>,
 }
 
 impl std::fmt::Debug for AccessCore {
@@ -190,6 +193,7 @@ pub struct CoreBuilder {
     audit: Option<Arc<AuditLog>>,
     stop: tokio::sync::watch::Receiver<bool>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    quality: Arc<crate::quality::Quality>,
 }
 
 impl std::fmt::Debug for CoreBuilder {
@@ -232,6 +236,13 @@ impl CoreBuilder {
         self
     }
 
+    /// Keeps quality outcomes in `quality` (serve them as `_governance/quality` with
+    /// [`with_builtin`](Self::with_builtin) where governance runs).
+    pub fn with_quality(mut self, quality: Arc<crate::quality::Quality>) -> Self {
+        self.quality = quality;
+        self
+    }
+
     /// Uses `now` as the clock for tickets (tests).
     pub fn with_clock(mut self, now: fn() -> SystemTime) -> Self {
         self.now = now;
@@ -261,6 +272,7 @@ impl CoreBuilder {
             metrics: self.metrics,
             reloads: Default::default(),
             usage: Default::default(),
+            quality: self.quality,
         });
         let report = core.reload().await?;
         if let Some(problem) = report.governance_problem {
@@ -283,6 +295,7 @@ impl AccessCore {
             audit: None,
             stop: tokio::sync::watch::channel(false).1,
             metrics: None,
+            quality: Default::default(),
         }
     }
 
@@ -410,6 +423,25 @@ impl AccessCore {
         describe::describe(&snapshot, (domain, name, port), &visible, &access)
     }
 
+    /// [`describe`](Self::describe) with what is measured now beside the contract: the last
+    /// quality check and the freshness of the port's data.
+    pub async fn describe_live(
+        &self,
+        p: &Principal,
+        (domain, name, port): (String, String, Option<String>),
+    ) -> Result<Value> {
+        let mut out = self.describe(p, (domain.clone(), name.clone(), port.clone()))?;
+        let snapshot = self.snapshot();
+        let visible = |_: &str, _: &str, prod: Option<&Product>| snapshot.visible(p, prod);
+        if let Ok((product, port)) = snapshot.catalog.resolve_visible(&domain, &name, port.as_deref(), &visible)
+            && let Value::Object(t) = self.trust_json(&product, &port).await
+            && let Some(Value::Object(contract)) = out.get_mut("contract")
+        {
+            contract.extend(t);
+        }
+        Ok(out)
+    }
+
     /// `(domain, name)` of every product `p` may discover, loaded or refused.
     pub fn product_keys(&self, p: &Principal) -> Vec<(String, String)> {
         let snapshot = self.snapshot();
@@ -486,7 +518,9 @@ impl AccessCore {
     pub async fn health(&self, p: &Principal) -> Value {
         let snapshot = self.snapshot();
         let visible = |_: &str, _: &str, prod: Option<&Product>| snapshot.visible(p, prod);
-        describe::health(&self.catalog, &snapshot, &visible).await
+        let mut out = describe::health(&self.catalog, &snapshot, &visible).await;
+        self.health_trust(&mut out).await;
+        out
     }
 
     /// Every table of the catalog `mesh` that `p` can name (see [`TableEntry`]).
@@ -521,7 +555,16 @@ impl AccessCore {
     /// Decides and plans `request` for the caller. A product the caller may not discover is
     /// missing; one it may discover but not read is refused, and the refusal is recorded.
     pub async fn authorize(self: &Arc<Self>, call: &Call, request: ReadRequest) -> Result<AuthorizedPlan> {
-        let out = self.plan(call.principal.clone(), request).await;
+        let max_staleness = match &request {
+            ReadRequest::Product(spec) => spec.max_staleness,
+            ReadRequest::Sql(_) => None,
+        };
+        let mut out = self.plan(call.principal.clone(), request).await;
+        if let (Ok(plan), Some(max)) = (&out, max_staleness)
+            && let Err(e) = self.check_staleness(plan, max).await
+        {
+            out = Err(e);
+        }
         if let Ok(plan) = &out {
             trace_reads(plan);
         }
@@ -731,7 +774,7 @@ impl AccessCore {
         trace_reads(&plan);
         let ordered = pinned.is_some();
         let compression = match &plan.request {
-            ReadRequest::Product(spec) => spec.compression.clone(),
+            ReadRequest::Product(spec) => spec.compression,
             ReadRequest::Sql(_) => None,
         };
         let label = plan.label();
@@ -828,9 +871,6 @@ impl AccessCore {
     }
 
     async fn plan_sql(&self, view: &Arc<PrincipalView>, read: &SqlRead) -> Result<(DataFrame, SchemaRef, SchemaRef)> {
-        if read.query.len() > MAX_STATEMENT_BYTES {
-            return Err(Error::StatementTooLong { bytes: read.query.len(), limit: MAX_STATEMENT_BYTES });
-        }
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog(CATALOG.into(), Arc::new(MeshCatalog(Arc::clone(view))));
         let mut config = self.read_config(view.principal());
@@ -854,32 +894,7 @@ impl AccessCore {
             .with_catalog_list(Arc::new(catalogs))
             .with_table_functions(Default::default())
             .build();
-        let dialect = state.config().options().sql_parser.dialect;
-        let mut statement = state.sql_to_statement(&read.query, &dialect).map_err(|e| planning("the statement", e))?;
-        let explain = match statement {
-            DfStatement::Explain(e) if e.options.analyze => return Err(Error::Unsupported(EXPLAIN_ANALYZE)),
-            DfStatement::Explain(e) => {
-                statement = *e.statement;
-                true
-            }
-            _ => false,
-        };
-        params::number_question_marks(&mut statement)?;
-        match &statement {
-            DfStatement::Statement(s) if matches!(**s, SqlStatement::Query(_)) => {
-                if let Some(name) = table_function(s) {
-                    return Err(Error::TableFunction(name));
-                }
-            }
-            _ => return Err(Error::NotAQuery),
-        }
-        let plan = state.statement_to_plan(statement).await.map_err(|e| planning("the statement", e))?;
-        SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false)
-            .verify_plan(&plan)
-            .map_err(|_| Error::NotAQuery)?;
+        let (plan, explain) = read_only(&state, &read.query).await?;
         let plan = values_as_rows(plan).map_err(|e| planning("the statement", e))?;
         let parameters = params::parameter_schema(&plan)?;
         let plan = match &read.params {
@@ -1047,6 +1062,57 @@ async fn fail(token: Option<AuditToken>, e: Error) -> Error {
             Err(a) => a.into(),
         },
         None => e,
+    }
+}
+
+/// Plans `query` as one read-only statement in `state`: a query (optionally under `EXPLAIN`,
+/// never `EXPLAIN ANALYZE`), no table functions, no DDL, DML or session statements; `?`
+/// placeholders numbered. Returns the plan and whether `EXPLAIN` was asked for.
+async fn read_only(
+    state: &datafusion::execution::session_state::SessionState,
+    query: &str,
+) -> Result<(LogicalPlan, bool)> {
+    if query.len() > MAX_STATEMENT_BYTES {
+        return Err(Error::StatementTooLong { bytes: query.len(), limit: MAX_STATEMENT_BYTES });
+    }
+    let dialect = state.config().options().sql_parser.dialect;
+    let mut statement = state.sql_to_statement(query, &dialect).map_err(|e| planning("the statement", e))?;
+    let explain = match statement {
+        DfStatement::Explain(e) if e.options.analyze => return Err(Error::Unsupported(EXPLAIN_ANALYZE)),
+        DfStatement::Explain(e) => {
+            statement = *e.statement;
+            true
+        }
+        _ => false,
+    };
+    params::number_question_marks(&mut statement)?;
+    match &statement {
+        DfStatement::Statement(s) if matches!(**s, SqlStatement::Query(_)) => {
+            if let Some(name) = table_function(s) {
+                return Err(Error::TableFunction(name));
+            }
+        }
+        _ => return Err(Error::NotAQuery),
+    }
+    let plan = state.statement_to_plan(statement).await.map_err(|e| planning("the statement", e))?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|_| Error::NotAQuery)?;
+    Ok((plan, explain))
+}
+
+/// [`read_only`] without `EXPLAIN`: the plan of a query run by the gateway itself over a
+/// session it built (quality rules).
+pub(crate) async fn read_only_plan(
+    state: &datafusion::execution::session_state::SessionState,
+    query: &str,
+) -> Result<LogicalPlan> {
+    match read_only(state, query).await? {
+        (_, true) => Err(Error::NotAQuery),
+        (plan, false) => Ok(plan),
     }
 }
 

@@ -12,7 +12,7 @@ use super::mesh::Resolved;
 use super::params;
 use crate::audit;
 use crate::auth::Principal;
-use crate::query::ReadSpec;
+use crate::query::{Compression, ReadSpec};
 
 /// A read request, from any front.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +80,10 @@ impl ReadRequest {
                 limit: r.limit,
                 shards: None,
                 shuffle_seed: None,
-                compression: Some(claims.compression.clone()).filter(|c| !c.is_empty()),
+                // Written by this gateway from a parsed name: a name it no longer knows is none.
+                compression: Compression::parse(&claims.compression).ok().flatten(),
+                // Checked when the ticket was issued.
+                max_staleness: None,
             })]),
             Some(Read::Sql(s)) => {
                 let mut rows = params::decode_rows(&s.parameters)?;
@@ -248,7 +251,7 @@ impl AuthorizedPlan {
         Ok(TicketClaims {
             read: Some(self.request.to_claims(&self.reads)?),
             compression: match &self.request {
-                ReadRequest::Product(spec) => spec.compression.clone().unwrap_or_default(),
+                ReadRequest::Product(spec) => spec.compression.map(|c| c.name().to_string()).unwrap_or_default(),
                 ReadRequest::Sql(_) => String::new(),
             },
             resources: self.resource_reads(),

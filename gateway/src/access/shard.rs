@@ -16,7 +16,7 @@
 //! fails the endpoint with "call GetFlightInfo again" instead of returning different rows.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -53,18 +53,23 @@ fn file_scan(plan: &Arc<dyn ExecutionPlan>, product: &str) -> Result<FileScanCon
     }
 }
 
-/// Every file `config` reads, whole, once, in path order.
+/// Every file `config` reads, whole, once, in path order (a scan may hold one file as several
+/// byte ranges).
 fn whole_files(config: &FileScanConfig) -> Vec<PartitionedFile> {
-    let mut by_path: Vec<PartitionedFile> = Vec::new();
+    let mut by_path = BTreeMap::new();
     for f in config.file_groups.iter().flat_map(|g| g.iter()) {
-        if !by_path.iter().any(|seen| seen.object_meta.location == f.object_meta.location) {
+        by_path.entry(f.object_meta.location.to_string()).or_insert_with(|| {
             let mut whole = f.clone();
             whole.range = None;
-            by_path.push(whole);
-        }
+            whole
+        });
     }
-    by_path.sort_by(|a, b| a.object_meta.location.cmp(&b.object_meta.location));
-    by_path
+    by_path.into_values().collect()
+}
+
+/// Every file `plan` reads, when it is one file scan; `None` for any other storage.
+pub(crate) fn listed_files(plan: &Arc<dyn ExecutionPlan>) -> Option<Vec<PartitionedFile>> {
+    file_scan(plan, "").ok().map(|c| whole_files(&c))
 }
 
 /// Splits what `plan` reads into `count` shards; each entry is one shard's pinned files (some

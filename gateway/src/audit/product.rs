@@ -1,7 +1,7 @@
 //! The audit log as a product: `_governance/audit`, read through the same governed path as any
 //! other product (the sample policies let only auditors discover or read it).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -22,13 +22,11 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use futures::TryStreamExt;
-use meshgate_adapters::Binding;
-use meshgate_adapters::memory::MemoryBinding;
 use tokio::io::AsyncReadExt;
 
 use super::segments::{self, Segment};
-use crate::catalog::manifest::Property;
-use crate::catalog::{Contract, Port, Product};
+use crate::catalog::Product;
+use crate::catalog::builtin::{self, Builtin};
 
 fn text(name: &str) -> Field {
     Field::new(name, DataType::Utf8, true)
@@ -282,81 +280,14 @@ impl Reading {
 
 /// The product serving the log in the folder `dir`.
 pub fn product(dir: &Path) -> Product {
-    let schema = schema();
-    let properties: Vec<Property> = schema
-        .fields()
-        .iter()
-        .map(|f| Property {
-            name: f.name().clone(),
-            logical_type: Some(
-                match f.data_type() {
-                    DataType::Int64 => "integer",
-                    DataType::Float64 => "number",
-                    DataType::Struct(_) => "object",
-                    DataType::List(_) => "array",
-                    _ => "string",
-                }
-                .into(),
-            ),
-            physical_type: None,
-            required: false,
-            primary_key: f.name() == "seq",
-            classification: Some("restricted".into()),
-            description: None,
-            relationships: vec![],
-        })
-        .collect();
-    let md = |k: &str, v: &str| (k.to_string(), v.to_string());
-    let served = Arc::new(Schema::new_with_metadata(
-        schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_metadata(HashMap::from([md("meshgate.classification", "restricted")])))
-            .collect::<Vec<_>>(),
-        HashMap::from([
-            md("meshgate.product_id", "meshgate:governance:audit"),
-            md("meshgate.port", "v1"),
-            md("meshgate.contract_id", "meshgate:governance:audit:v1"),
-            md("meshgate.contract_version", "1.0.0"),
-            md("meshgate.status", "active"),
-            md("meshgate.owner", "governance"),
-        ]),
-    ));
-    let port = Port {
-        name: "v1".into(),
-        version: Some("1.0.0".into()),
-        contract: Contract {
-            id: "meshgate:governance:audit:v1".into(),
-            version: "1.0.0".into(),
-            status: "active".into(),
-            properties,
-            document: serde_json::json!({"kind": "DataContract", "id": "meshgate:governance:audit:v1", "version": "1.0.0"}),
-        },
-        binding: Binding::Memory(MemoryBinding { dataset: "_governance/audit".into() }),
-        table: Arc::new(AuditTable { dir: dir.to_path_buf(), schema: Arc::clone(&schema) }),
-        schema: served,
-        total_records: -1,
-        total_bytes: -1,
-        // The log's own health (writable, chain intact) is the audit writer's to report.
-        storage: Arc::new(meshgate_adapters::InMemoryStorage),
-        health: Default::default(),
-    };
-    Product {
-        domain: DOMAIN.into(),
-        name: NAME.into(),
-        id: "meshgate:governance:audit".into(),
-        title: "Gateway audit log".into(),
-        status: "active".into(),
-        description: "Every read, denial and authentication failure recorded by the gateway, hash-chained.".into(),
-        owner: Some("governance".into()),
-        tags: vec!["governance".into(), "audit".into()],
-        // Who may read it is decided by the governance policies on the `_governance` domain.
-        sensitivity: "confidential".into(),
-        ports: vec![Arc::new(port)],
-        default_port: 0,
-        document: serde_json::json!({"kind": "DataProduct", "id": "meshgate:governance:audit"}),
-        fingerprint: [0; 32],
-    }
+    builtin::product(Builtin {
+        name: NAME,
+        title: "Gateway audit log",
+        description: "Every read, denial and authentication failure recorded by the gateway, hash-chained.",
+        tags: &["governance", "audit"],
+        table: Arc::new(AuditTable { dir: dir.to_path_buf(), schema: schema() }),
+        key: Some("seq"),
+    })
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use super::manifest::{
 };
 use super::model::{Contract, Port, Problem, Product};
 use super::sqltype;
+use super::standard::Standard;
 
 /// File name of a product's ODPS manifest.
 pub const PRODUCT_FILE: &str = "product.odps.yaml";
@@ -92,6 +93,7 @@ impl Loader {
         let path = dir.join(PRODUCT_FILE);
         let (m, document): (ProductManifest, _) = self.read_yaml(&path, "ODPS v1 DataProduct").map_err(|p| vec![p])?;
         let mut p = Problems::new(self.rel(&path));
+        p.list.extend(Standard::Odps.check(&p.file, &document));
         for (what, n) in [("domain folder", domain), ("product folder", name)] {
             if !is_valid_name(n) {
                 p.add(
@@ -157,7 +159,7 @@ impl Loader {
         let mut ports = Vec::new();
         let mut problems = Vec::new();
         for i in 0..m.output_ports.len() {
-            match self.load_port(&m, i, dir).await {
+            match self.load_port(&m, i, (domain, name), dir).await {
                 Ok(port) => ports.push(Arc::new(port)),
                 Err(mut e) => problems.append(&mut e),
             }
@@ -182,7 +184,13 @@ impl Loader {
         })
     }
 
-    async fn load_port(&self, m: &ProductManifest, i: usize, dir: &Path) -> Result<Port, Vec<Problem>> {
+    async fn load_port(
+        &self,
+        m: &ProductManifest,
+        i: usize,
+        here: (&str, &str),
+        dir: &Path,
+    ) -> Result<Port, Vec<Problem>> {
         let op = &m.output_ports[i];
         let path = dir.join(format!("{}.odcs.yaml", op.name));
         if !path.is_file() {
@@ -199,6 +207,7 @@ impl Loader {
         let (c, document): (ContractManifest, _) =
             self.read_yaml(&path, "ODCS v3 DataContract").map_err(|p| vec![p])?;
         let mut p = Problems::new(self.rel(&path));
+        p.list.extend(Standard::Odcs.check(&p.file, &document));
         if !c.api_version.starts_with("v3.") {
             p.add("apiVersion", format!("is `{}`; meshgate reads ODCS v3 (`apiVersion: v3.1.0`)", c.api_version));
         }
@@ -244,14 +253,31 @@ impl Loader {
                         format!("schema[0].properties[{j}].relationships[{k}].type"),
                         format!("is `{}`; meshgate reads `foreignKey` relationships", r.kind),
                     );
-                } else if r.target().is_none() {
+                } else if r.target(here).is_none() {
                     p.add(
                         format!("schema[0].properties[{j}].relationships[{k}].to"),
-                        format!("is `{}`; name the referenced column as `<domain>.<product>.<column>`", r.to),
+                        format!(
+                            "is `{}`; name the referenced column as `<table>.<column>` of this contract, or as \
+                             `../../<domain>/<product>/<port>.odcs.yaml#/schema/<table>/properties/<column>`",
+                            r.to
+                        ),
                     );
                 }
             }
         }
+        let names: Vec<String> = properties.iter().map(|x| x.name.clone()).collect();
+        let rules = crate::quality::rules::parse(&document, &names).unwrap_or_else(|problems| {
+            for (field, message) in problems {
+                p.add(field, message);
+            }
+            vec![]
+        });
+        let age_limit = crate::quality::sla::age_limit(&document).unwrap_or_else(|problems| {
+            for (field, message) in problems {
+                p.add(field, message);
+            }
+            None
+        });
         let binding = match custom_value(&c.custom_properties, "meshgate.binding") {
             None => {
                 p.add(
@@ -293,7 +319,15 @@ impl Loader {
         Ok(Port {
             name: op.name.clone(),
             version: op.version.clone(),
-            contract: Contract { id: c.id, version: c.version, status: c.status, properties, document },
+            contract: Contract {
+                id: c.id,
+                version: c.version,
+                status: c.status,
+                properties,
+                document,
+                rules,
+                age_limit,
+            },
             binding,
             table,
             schema,

@@ -94,12 +94,9 @@ pub struct ContractManifest {
     /// Exactly one schema object: the table the port serves.
     #[serde(default)]
     pub schema: Vec<SchemaObject>,
-    /// Service levels (`latency`, `frequency`, ...), shown by `describe`.
+    /// Service levels (`latency`, `frequency`, ...); the age limit is measured (`quality::sla`).
     #[serde(default)]
     pub sla_properties: Vec<Value>,
-    /// Quality rules, shown by `describe`.
-    #[serde(default)]
-    pub quality: Vec<Value>,
     /// `{property, value}` entries; `meshgate.binding` says where the data is.
     #[serde(default)]
     pub custom_properties: Vec<CustomProperty>,
@@ -152,7 +149,9 @@ pub struct Relationship {
     /// Kind of relationship; meshgate reads `foreignKey` (the default).
     #[serde(default = "foreign_key", rename = "type")]
     pub kind: String,
-    /// The referenced column as `<domain>.<product>.<column>` (the product's default port).
+    /// The referenced column in ODCS notation: `<table>.<column>` in the same contract, or
+    /// `<contract file>#/schema/<table>/properties/<column>` with the file relative to this
+    /// contract's folder (`../../sales/orders/v1.odcs.yaml#/schema/orders/properties/order_id`).
     pub to: String,
 }
 
@@ -160,14 +159,68 @@ fn foreign_key() -> String {
     "foreignKey".into()
 }
 
+/// The column a relationship refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Domain of the referenced product.
+    pub domain: String,
+    /// Referenced product.
+    pub product: String,
+    /// Referenced port (its contract file's name); `None` for this contract's own port.
+    pub port: Option<String>,
+    /// Referenced column.
+    pub column: String,
+}
+
 impl Relationship {
-    /// The referenced `(domain, product, column)`, when `to` has that form.
-    pub fn target(&self) -> Option<(&str, &str, &str)> {
-        let mut parts = self.to.split('.');
-        match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(d), Some(p), Some(c), None) if !d.is_empty() && !p.is_empty() && !c.is_empty() => Some((d, p, c)),
+    /// The referenced column, resolved from the contract of `(domain, product)`; `None` when
+    /// `to` is not a reference to a contract of the mesh.
+    pub fn target(&self, (domain, product): (&str, &str)) -> Option<Target> {
+        let here =
+            |column: &str| Target { domain: domain.into(), product: product.into(), port: None, column: column.into() };
+        let Some((file, pointer)) = self.to.split_once('#') else {
+            if let Some(column) = pointer_column(&self.to) {
+                return Some(here(column));
+            }
+            // Shorthand `<table>.<column>`: this contract's one table.
+            return match self.to.split('.').collect::<Vec<_>>().as_slice() {
+                [t, c] if !t.is_empty() && !c.is_empty() => Some(here(c)),
+                _ => None,
+            };
+        };
+        let column = pointer_column(pointer)?;
+        // Resolve the file against `<domain>/<product>/` without touching the file system:
+        // it must name `<domain>/<product>/<port>.odcs.yaml` inside the mesh.
+        let mut parts: Vec<&str> = vec![domain, product];
+        for seg in file.split('/') {
+            match seg {
+                "" | "." => {}
+                ".." => {
+                    parts.pop()?;
+                }
+                s => parts.push(s),
+            }
+        }
+        match parts.as_slice() {
+            [d, p, f] => {
+                let port = f.strip_suffix(".odcs.yaml")?;
+                Some(Target {
+                    domain: d.to_string(),
+                    product: p.to_string(),
+                    port: Some(port.into()),
+                    column: column.into(),
+                })
+            }
             _ => None,
         }
+    }
+}
+
+/// The column of `/schema/<table>/properties/<column>` (leading `/` optional).
+fn pointer_column(pointer: &str) -> Option<&str> {
+    match pointer.trim_start_matches('/').split('/').collect::<Vec<_>>().as_slice() {
+        ["schema", t, "properties", c] if !t.is_empty() && !c.is_empty() => Some(c),
+        _ => None,
     }
 }
 
@@ -191,5 +244,38 @@ pub(crate) fn team_name(v: Option<&Value>) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Mapping(m) => m.get("name").and_then(Value::as_str).map(str::to_string),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn to(s: &str) -> Relationship {
+        Relationship { kind: "foreignKey".into(), to: s.into() }
+    }
+
+    #[test]
+    fn references_resolve_from_the_contracts_folder() {
+        let here = ("logistics", "shipments");
+        let t = to("../../sales/orders/v1.odcs.yaml#/schema/orders/properties/order_id").target(here).unwrap();
+        assert_eq!(
+            t,
+            Target {
+                domain: "sales".into(),
+                product: "orders".into(),
+                port: Some("v1".into()),
+                column: "order_id".into()
+            }
+        );
+        let t = to("../warehouses/v1.odcs.yaml#/schema/warehouses/properties/warehouse_id").target(here).unwrap();
+        assert_eq!((t.domain.as_str(), t.product.as_str()), ("logistics", "warehouses"));
+        assert_eq!(to("shipments.order_id").target(here).unwrap().column, "order_id");
+        assert_eq!(to("/schema/shipments/properties/carrier").target(here).unwrap().product, "shipments");
+        // Outside the mesh, not a contract, or not a column: no target.
+        assert_eq!(to("../../../etc/v1.odcs.yaml#/schema/x/properties/y").target(here), None);
+        assert_eq!(to("../../sales/orders/product.odps.yaml#/schema/x/properties/y").target(here), None);
+        assert_eq!(to("../../sales/orders/v1.odcs.yaml#/schema/orders").target(here), None);
+        assert_eq!(to("sales.orders.order_id").target(here), None);
     }
 }

@@ -4,6 +4,8 @@
 //! - [`model`]: what a loaded product looks like ([`Product`], [`Port`], [`Entry`]).
 //! - [`sqltype`]: how served columns are described to SQL clients.
 //! - `load`: validation and opening, one product at a time.
+//! - `standard`: validation against the standards' bundled JSON Schemas (ODPS v1.0.0, ODCS v3.1.0).
+//! - [`builtin`]: the shape of the gateway's own products (`_governance/audit`, `_governance/quality`).
 //! - `watch`: reloads when files under the mesh folder change.
 //!
 //! The catalog knows products, not governance: [`Catalog::load_products`] reads every product
@@ -21,10 +23,12 @@ use datafusion::execution::session_state::SessionState;
 use futures::StreamExt;
 use meshgate_adapters::{AdapterRegistry, ObjectStores};
 
+pub mod builtin;
 mod load;
 pub mod manifest;
 pub mod model;
 pub mod sqltype;
+mod standard;
 mod watch;
 
 pub use load::{PRODUCT_FILE, is_valid_name};

@@ -150,6 +150,10 @@ pub struct Contract {
     pub properties: Vec<Property>,
     /// The ODCS document as JSON, for `describe`.
     pub document: serde_json::Value,
+    /// Quality rules (on the schema object and its properties), parsed and checked at load.
+    pub rules: Vec<crate::quality::Rule>,
+    /// How old the data may be, from the SLA (`freshness`, `latency` or `frequency`).
+    pub age_limit: Option<crate::quality::AgeLimit>,
 }
 
 /// A product folder's state in the catalog.

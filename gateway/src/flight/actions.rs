@@ -22,14 +22,27 @@ pub const ACTIONS: &[(&str, &str)] = &[
         "reload",
         "Reloads the mesh folder now; the last good state of each product stays if its new manifests are refused. Body: empty.",
     ),
+    (
+        "check-quality",
+        "Runs the contract quality rules now (operators) and returns the outcomes. Body: `<domain>/<product>`, or empty for every product.",
+    ),
 ];
 
 /// Runs `action` for `p`; returns the result body.
 pub async fn run(core: &Arc<AccessCore>, p: &Principal, action: &Action) -> Result<Vec<u8>> {
     let value = match action.r#type.as_str() {
-        "describe" => core.describe(p, target(&action.body)?)?,
+        "describe" => core.describe_live(p, target(&action.body)?).await?,
         "health" => core.health(p).await,
         "reload" => serde_json::to_value(core.reload_as(p).await?).map_err(|e| Error::Internal(e.to_string()))?,
+        "check-quality" => {
+            let target = if action.body.iter().all(u8::is_ascii_whitespace) {
+                None
+            } else {
+                let (domain, name, _) = target(&action.body)?;
+                Some((domain, name))
+            };
+            serde_json::to_value(core.check_quality_as(p, target).await?).map_err(|e| Error::Internal(e.to_string()))?
+        }
         other => {
             let known: Vec<&str> = ACTIONS.iter().map(|(n, _)| *n).collect();
             return Err(Error::BadAction(format!(
@@ -86,14 +99,14 @@ pub(crate) fn flight(core: &AccessCore, call: &Call, action: &Action) -> Result<
 fn target(body: &[u8]) -> Result<(String, String, Option<String>)> {
     let bad = || {
         Error::BadAction(
-            "describe needs a product: send `{\"product\": \"<domain>/<product>\"}` or the text `<domain>/<product>`"
+            "this action needs a product: send `{\"product\": \"<domain>/<product>\"}` or the text `<domain>/<product>`"
                 .into(),
         )
     };
     let text = std::str::from_utf8(body).map_err(|_| bad())?.trim();
     let (address, port) = if text.starts_with('{') {
         let v: Value = serde_json::from_str(text)
-            .map_err(|e| Error::BadAction(format!("describe body is not valid JSON: {e}")))?;
+            .map_err(|e| Error::BadAction(format!("the action body is not valid JSON: {e}")))?;
         let product = v.get("product").and_then(Value::as_str).ok_or_else(bad)?.to_string();
         (product, v.get("port").and_then(Value::as_str).map(str::to_string))
     } else {

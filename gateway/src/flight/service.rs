@@ -113,7 +113,7 @@ impl MeshFlightService {
             .map_err(|e| Error::Internal(format!("encoding a schema failed: {e}")))?
             .with_descriptor(descriptor)
             .with_ordered(plans.len() > 1)
-            .with_app_metadata(serde_json::to_vec(&first.description()).unwrap_or_default());
+            .with_app_metadata(serde_json::to_vec(&self.core.description(first).await).unwrap_or_default());
         for plan in plans {
             for ticket in self.core.tickets(plan).await? {
                 info = info.with_endpoint(endpoint(FlightEndpoint::new(), ticket));
@@ -326,14 +326,7 @@ impl FlightService for MeshFlightService {
             None => self.core.read_ticket(&call, &ticket).await?,
         };
         // The header wins over the read's own `compression` (kept in its ticket).
-        let compression = match header {
-            Some(c) => c,
-            None => match &read.compression {
-                Some(name) => wire::Compression::parse(name).map_err(Error::BadOption)?,
-                None => None,
-            },
-        };
-        let wire = WireOptions { compression, ..self.wire };
+        let wire = WireOptions { compression: header.unwrap_or(read.compression), ..self.wire };
         let label = read.label;
         let mut batches = read.batches.map_err(|e| FlightError::ExternalError(Box::new(e))).boxed();
         if let Some(offset) = offset {

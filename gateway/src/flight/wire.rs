@@ -21,6 +21,7 @@
 
 use std::sync::Arc;
 
+pub use crate::query::Compression;
 use arrow::array::{Array, ArrayRef, BinaryViewArray, RecordBatch, RecordBatchOptions, StringViewArray};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef};
 use arrow::ipc::CompressionType;
@@ -38,15 +39,6 @@ pub struct WireOptions {
     /// Body compression; `None` sends bodies as they are (the default: on a fast network
     /// compressing costs more CPU than the bytes it saves).
     pub compression: Option<Compression>,
-}
-
-/// Arrow IPC body compression a client may ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// LZ4 frame: fast, modest ratio.
-    Lz4,
-    /// Zstandard: better ratio, more CPU.
-    Zstd,
 }
 
 /// The request header with which a reader resumes a stream: the rows it already has.
@@ -79,25 +71,10 @@ where
 /// The request header naming the compression a client wants for a stream.
 pub const COMPRESSION_HEADER: &str = "x-meshgate-compression";
 
-impl Compression {
-    /// The compression named `name` (`lz4`, `lz4_frame`, `zstd`; any case), `None` for `none`.
-    pub fn parse(name: &str) -> Result<Option<Self>, String> {
-        match name.trim().to_ascii_lowercase().as_str() {
-            "" | "none" => Ok(None),
-            "lz4" | "lz4_frame" => Ok(Some(Self::Lz4)),
-            "zstd" => Ok(Some(Self::Zstd)),
-            _ => Err(format!(
-                "`{}` is not a compression meshgate offers; use lz4, zstd or none",
-                crate::text::clip(name)
-            )),
-        }
-    }
-
-    fn ipc(self) -> CompressionType {
-        match self {
-            Self::Lz4 => CompressionType::LZ4_FRAME,
-            Self::Zstd => CompressionType::ZSTD,
-        }
+fn ipc(compression: Compression) -> CompressionType {
+    match compression {
+        Compression::Lz4 => CompressionType::LZ4_FRAME,
+        Compression::Zstd => CompressionType::ZSTD,
     }
 }
 
@@ -208,7 +185,7 @@ impl Encoder {
         context.set_reserve_scratch(true);
         let options = IpcWriteOptions::default();
         // Compression needs IPC metadata V5, the default: this cannot fail.
-        let options = options.clone().try_with_compression(compression.map(Compression::ipc)).unwrap_or(options);
+        let options = options.clone().try_with_compression(compression.map(ipc)).unwrap_or(options);
         Self { options, generator: IpcDataGenerator::default(), dictionaries: DictionaryTracker::new(false), context }
     }
 
@@ -358,15 +335,6 @@ mod tests {
                 .collect();
             assert_eq!(rows, (offset.min(30) as i64..30).collect::<Vec<_>>(), "offset {offset}");
         }
-    }
-
-    #[test]
-    fn compression_names() {
-        assert_eq!(Compression::parse("LZ4").unwrap(), Some(Compression::Lz4));
-        assert_eq!(Compression::parse("lz4_frame").unwrap(), Some(Compression::Lz4));
-        assert_eq!(Compression::parse("zstd").unwrap(), Some(Compression::Zstd));
-        assert_eq!(Compression::parse("none").unwrap(), None);
-        assert!(Compression::parse("gzip").unwrap_err().contains("lz4, zstd or none"));
     }
 
     #[tokio::test]

@@ -146,7 +146,7 @@ pub(crate) fn snippets(flight_url: &str, domain: &str, name: &str, secured: bool
 
 /// The product page's document: the description, with health, usage and snippets.
 pub(crate) async fn product_document(state: &HttpState, p: &Principal, domain: &str, name: &str) -> Result<Value> {
-    let mut d = state.core.describe(p, (domain.to_string(), name.to_string(), None))?;
+    let mut d = state.core.describe_live(p, (domain.to_string(), name.to_string(), None)).await?;
     let address = format!("{domain}/{name}");
     let health = state.core.health(p).await;
     d["health"] = health["products"]

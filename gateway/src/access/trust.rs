@@ -1,0 +1,197 @@
+//! Quality and freshness as the core runs and reports them: scheduled and requested checks,
+//! the `quality`/`freshness` parts of `describe`, `FlightInfo` and health, and a read's
+//! `max_staleness`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{AccessCore, AuthorizedPlan, Error, Result};
+use crate::auth::Principal;
+use crate::catalog::{Port, Product};
+use crate::quality::{self, Outcome, Trigger};
+
+/// How long one rule may run when the statement limit does not say.
+const RULE_TIME: Duration = Duration::from_secs(300);
+
+impl AccessCore {
+    /// The quality outcomes and freshness observations.
+    pub fn quality(&self) -> &Arc<quality::Quality> {
+        &self.quality
+    }
+
+    fn rule_time(&self) -> Duration {
+        self.options.statements.timeout.unwrap_or(RULE_TIME)
+    }
+
+    /// Runs the rules that are due (see [`quality::Quality::due`]) on every product port of
+    /// the catalog in force; returns how many rules ran. One port's failure does not stop the
+    /// others: it is recorded as that rule's outcome.
+    pub async fn check_due_quality(self: &Arc<Self>, every: Duration) -> Result<usize> {
+        let core = Arc::clone(self);
+        self.exec
+            .run(async move {
+                let snapshot = core.snapshot();
+                let state = core.catalog.state().clone();
+                let mut ran = 0;
+                for product in snapshot.catalog.products() {
+                    for port in &product.ports {
+                        let version = core.quality.version(&state, product, port).await.map(|v| v.id);
+                        let due = core.quality.due(product, port, version.as_deref(), every);
+                        if due.is_empty() {
+                            continue;
+                        }
+                        ran += due.len();
+                        quality::check(
+                            &core.quality,
+                            &state,
+                            (product, port),
+                            &due,
+                            Trigger::Schedule,
+                            core.rule_time(),
+                        )
+                        .await;
+                    }
+                }
+                Ok(ran)
+            })
+            .await
+    }
+
+    /// Runs every rule of `target`'s ports (or of every product when `None`) now, for an
+    /// operator (`admin`); returns the outcomes.
+    pub async fn check_quality_as(
+        self: &Arc<Self>,
+        p: &Principal,
+        target: Option<(String, String)>,
+    ) -> Result<Vec<Outcome>> {
+        let snapshot = self.snapshot();
+        if !snapshot.may_admin(p) {
+            return Err(Error::Denied { product: "the gateway (check-quality)".into(), policy_ids: vec![] });
+        }
+        let products: Vec<Arc<Product>> = match &target {
+            None => snapshot.catalog.products().cloned().collect(),
+            Some((d, n)) => {
+                let visible = |_: &str, _: &str, prod: Option<&Product>| snapshot.visible(p, prod);
+                vec![snapshot.catalog.resolve_visible(d, n, None, &visible)?.0]
+            }
+        };
+        let core = Arc::clone(self);
+        self.exec
+            .run(async move {
+                let state = core.catalog.state().clone();
+                let mut out = Vec::new();
+                for product in &products {
+                    for port in &product.ports {
+                        let rules: Vec<_> = port.contract.rules.iter().filter(|r| r.runnable()).collect();
+                        let done = quality::check(
+                            &core.quality,
+                            &state,
+                            (product, port),
+                            &rules,
+                            Trigger::Manual,
+                            core.rule_time(),
+                        )
+                        .await;
+                        out.extend(done);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// `{"quality": ..., "freshness": ...}` of one port: the declared rules with the last
+    /// check's summary, and the measured freshness against the SLA.
+    pub(crate) async fn trust_json(&self, product: &Product, port: &Port) -> Value {
+        let freshness = self.quality.freshness(self.catalog.state(), product, port).await;
+        let last = self.quality.last_check(product, port);
+        let rules: Vec<Value> = port
+            .contract
+            .rules
+            .iter()
+            .map(|r| {
+                let mut j = r.to_json();
+                if let Some(o) = last.as_ref().and_then(|l| l.outcomes.iter().find(|o| o.rule == r.name)) {
+                    j["last"] = json!({"time": o.time, "value": o.value, "passed": o.passed, "error": o.error});
+                }
+                j
+            })
+            .collect();
+        json!({
+            "quality": {
+                "rules": rules,
+                "last_check": last.map(|l| l.summary()),
+            },
+            "freshness": freshness.to_json((self.now)()),
+        })
+    }
+
+    /// What `FlightInfo.app_metadata` says of `plan`: the products it reads and, for a
+    /// product read, the port's last quality check and freshness.
+    pub async fn description(&self, plan: &AuthorizedPlan) -> Value {
+        let mut out = plan.description();
+        if let [r] = plan.reads() {
+            if let (Value::Object(o), Value::Object(t)) = (&mut out, self.trust_json(&r.product, &r.port).await) {
+                o.extend(t);
+            }
+        }
+        out
+    }
+
+    /// Refuses `plan` when a product it reads changed longer than `max` ago (or its age is not
+    /// measured), naming the product, its age and its SLA.
+    pub(crate) async fn check_staleness(&self, plan: &AuthorizedPlan, max: Duration) -> Result<()> {
+        let now = (self.now)();
+        for r in plan.reads() {
+            let f = self.quality.freshness(self.catalog.state(), &r.product, &r.port).await;
+            let sla = f
+                .limit
+                .as_ref()
+                .map(|l| format!("its contract promises {} {}", l.property, l.declared))
+                .unwrap_or_else(|| "its contract promises no freshness".into());
+            let product = r.product.address();
+            match f.age(now) {
+                Some(age) if age <= max => {}
+                Some(age) => {
+                    return Err(Error::Stale(format!(
+                        "`{product}` last changed {} ago, longer than the max_staleness of {} this read allows ({sla})",
+                        humantime::format_duration(Duration::from_secs(age.as_secs())),
+                        humantime::format_duration(max),
+                    )));
+                }
+                None => {
+                    return Err(Error::Stale(format!(
+                        "the age of `{product}` is not measured (its storage does not report changes), so \
+                         max_staleness cannot be honoured; leave it out to read anyway ({sla})"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds each port's quality status and freshness to a health document's products.
+    pub(crate) async fn health_trust(&self, health: &mut Value) {
+        let snapshot = self.snapshot();
+        let now = (self.now)();
+        let mut degraded = false;
+        for entry in health.get_mut("products").and_then(Value::as_array_mut).into_iter().flatten() {
+            let address = entry.get("product").and_then(Value::as_str).unwrap_or_default().to_string();
+            let Some(product) = snapshot.catalog.products().find(|p| p.address() == address) else { continue };
+            for port_json in entry.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+                let name = port_json.get("port").and_then(Value::as_str).unwrap_or_default();
+                let Some(port) = product.ports.iter().find(|p| p.name == name) else { continue };
+                let f = self.quality.freshness(self.catalog.state(), product, port).await;
+                let quality = self.quality.last_check(product, port).map(|l| l.summary()["status"].clone());
+                degraded |= f.breached(now) || quality.as_ref().is_some_and(|q| q == "fail");
+                port_json["freshness"] = f.to_json(now)["status"].clone();
+                port_json["quality"] = quality.unwrap_or(Value::Null);
+            }
+        }
+        if degraded {
+            health["status"] = "degraded".into();
+        }
+    }
+}
