@@ -199,3 +199,19 @@ def test_the_catalog_api_shows_outcomes_per_rule(tmp_path, mesh):
         assert 'id="quality"' in page and "has_orders" in page and "5 of 5 rules passed" in page
     finally:
         s.stop()
+
+
+def test_describe_shows_upstream_and_downstream_as_the_caller_may_see_them(tmp_path):
+    s = Server(None, cwd=tmp_path, secure=True)
+    try:
+        carol, as_carol = login(s, "carol")
+        revenue = action(carol, "describe", b"sales/daily_revenue", options=as_carol)["lineage"]
+        assert revenue["upstream"] == [{"contract_id": "urn:meshgate:sample:sales:orders:v1",
+                                        "product": "sales/orders", "port": "v1"}]
+        orders = action(carol, "describe", b"sales/orders", options=as_carol)["lineage"]
+        assert [d["product"] for d in orders["downstream"]] == ["sales/daily_revenue"]
+        # alice may not discover the restricted aggregate: it is not named to her.
+        alice, as_alice = login(s, "alice")
+        assert action(alice, "describe", b"sales/orders", options=as_alice)["lineage"]["downstream"] == []
+    finally:
+        s.stop()

@@ -45,6 +45,7 @@ pub(crate) fn describe(
             let problems = snapshot.entries.get(&(domain, name)).map(|e| e.problems.clone()).unwrap_or_default();
             Ok(json!({
                 "product": product_json(&p, access),
+                "lineage": lineage(snapshot, &p, visible),
                 "port": port.name,
                 "contract": contract_json(&port, &access(&p, &port)),
                 "status": if problems.is_empty() { "available" } else { "serving_last_good" },
@@ -62,6 +63,37 @@ pub(crate) fn describe(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Upstream (the products whose contracts `p`'s input ports name) and downstream (the products
+/// whose input ports name one of `p`'s contracts). A product the caller may not discover is not
+/// named: an upstream entry then keeps only the contract id its manifest already shows.
+fn lineage(catalog: &catalog::CatalogState, p: &Product, visible: Visibility<'_>) -> Value {
+    let shown = |x: &Product| visible(&x.domain, &x.name, Some(x));
+    let upstream: Vec<Value> = p
+        .inputs
+        .iter()
+        .map(|id| {
+            let found = catalog
+                .products()
+                .find_map(|x| x.ports.iter().find(|o| &o.contract.id == id).map(|o| (x, o)))
+                .filter(|(x, _)| shown(x));
+            match found {
+                Some((x, o)) => json!({"contract_id": id, "product": x.address(), "port": o.name}),
+                None => json!({"contract_id": id, "product": null}),
+            }
+        })
+        .collect();
+    let mine: Vec<&str> = p.ports.iter().map(|o| o.contract.id.as_str()).collect();
+    let downstream: Vec<Value> = catalog
+        .products()
+        .filter(|x| x.inputs.iter().any(|i| mine.contains(&i.as_str())) && shown(x))
+        .map(|x| {
+            let via: Vec<&String> = x.inputs.iter().filter(|i| mine.contains(&i.as_str())).collect();
+            json!({"product": x.address(), "contract_ids": via})
+        })
+        .collect();
+    json!({"upstream": upstream, "downstream": downstream})
 }
 
 fn product_json(p: &Product, access: AccessOf<'_>) -> Value {

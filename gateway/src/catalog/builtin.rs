@@ -107,6 +107,7 @@ pub fn product(b: Builtin) -> Product {
         owner: Some("governance".into()),
         tags: b.tags.iter().map(|t| t.to_string()).collect(),
         sensitivity: "confidential".into(),
+        inputs: vec![],
         ports: vec![Arc::new(port)],
         default_port: 0,
         document: serde_json::json!({"kind": "DataProduct", "id": product_id}),

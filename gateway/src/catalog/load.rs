@@ -177,6 +177,7 @@ impl Loader {
             owner: team_name(m.team.as_ref()),
             tags: m.tags,
             sensitivity,
+            inputs: m.input_ports.iter().map(|i| i.contract_id.clone()).collect(),
             ports,
             default_port,
             document,

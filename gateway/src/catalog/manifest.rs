@@ -43,6 +43,10 @@ pub struct ProductManifest {
     /// Free tags, used by `ListFlights` criteria `tag:x`.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Input ports: the contracts (of other products, or of sources outside the mesh) the
+    /// product is made from; its upstream lineage.
+    #[serde(default)]
+    pub input_ports: Vec<InputPort>,
     /// Output ports; each names the contract that describes it.
     #[serde(default)]
     pub output_ports: Vec<OutputPort>,
@@ -65,6 +69,16 @@ pub struct OutputPort {
     /// Text.
     #[serde(default)]
     pub description: Option<Value>,
+}
+
+/// An ODPS input port: a contract the product consumes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InputPort {
+    /// Port name.
+    pub name: String,
+    /// `id` of the consumed contract (an output port's `contractId` when it is in the mesh).
+    pub contract_id: String,
 }
 
 /// A `customProperties` entry (both standards use this shape).

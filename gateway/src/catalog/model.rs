@@ -56,6 +56,8 @@ pub struct Product {
     /// Sensitivity for policies (`meshgate.sensitivity`: public, internal, confidential,
     /// restricted; default internal).
     pub sensitivity: String,
+    /// Contract ids of the product's input ports (its upstream), in manifest order.
+    pub inputs: Vec<String>,
     /// Output ports, in manifest order.
     pub ports: Vec<Arc<Port>>,
     /// Index into `ports` of the port served when a path names none.
