@@ -211,7 +211,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale", default="1")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--meshgate", required=True)
+    ap.add_argument("--meshgate", action="append", required=True,
+                    help="a meshgate binary, or LABEL=BINARY to compare builds in one run (repeatable)")
     ap.add_argument("--meshgate-arg", action="append", default=[], help="extra `meshgate serve` flag (repeatable)")
     args = ap.parse_args()
     parquet, ipc = prepare(args.scale, HERE / "data")
@@ -221,21 +222,28 @@ def main():
         mesh = Path(tmp) / "mesh"
         write_mesh(mesh, "lineitem_ipc", ipc, "arrow")
         write_mesh(mesh, "lineitem", parquet, "parquet")
-        meshgate = [args.meshgate, "--log-format", "json", "serve", "--http-listen", "off", "--insecure-no-auth", "--no-watch",
-                    "--mesh", str(mesh), "--listen", "127.0.0.1:0", "--storage-root", str(HERE / "data"), *args.meshgate_arg]
+        builds = []
+        for spec in args.meshgate:
+            label, _, binary = spec.rpartition("=")
+            name = f"meshgate ({label})" if label else "meshgate"
+            builds.append((name, [binary, "--log-format", "json", "serve", "--http-listen", "off", "--insecure-no-auth",
+                                  "--no-watch", "--mesh", str(mesh), "--listen", "127.0.0.1:0",
+                                  "--storage-root", str(HERE / "data"), *args.meshgate_arg]))
         peer = [sys.executable, str(HERE / "peer_server.py")]
+        ipc_path = flight.FlightDescriptor.for_path("tpch", "lineitem_ipc")
+        parquet_path = flight.FlightDescriptor.for_path("tpch", "lineitem")
         servers = [
             ("pyarrow C++ Flight, IPC file memory-mapped", [*peer, str(ipc), "mmap"], flight.FlightDescriptor.for_path("lineitem")),
-            ("meshgate, IPC product", meshgate, flight.FlightDescriptor.for_path("tpch", "lineitem_ipc")),
+            *[(f"{name}, IPC product", cmd, ipc_path) for name, cmd in builds],
             ("pyarrow C++ Flight, Parquet per request", [*peer, str(parquet), "scan"], flight.FlightDescriptor.for_path("lineitem")),
-            ("meshgate, Parquet product", meshgate, flight.FlightDescriptor.for_path("tpch", "lineitem")),
+            *[(f"{name}, Parquet product", cmd, parquet_path) for name, cmd in builds],
         ]
         sql, queries = [], []
         for name, cmd, descriptor in servers:
             proc, addr = start(cmd)
             try:
                 results.append((name, measure(proc, addr, descriptor, args.rounds, table_bytes)))
-                if cmd is meshgate:
+                if name.startswith("meshgate"):
                     table = descriptor.path[-1].decode()
                     sql.append((f"{name}: Flight SQL (ADBC) SELECT *", measure_sql(addr, table, args.rounds)))
                     queries.append((name, measure_queries(addr, table, args.rounds)))

@@ -5,6 +5,10 @@
 #
 #   bash bench/run.sh [SCALE] [--meshgate-arg=--batch-size=65536 ...]
 #
+# Two builds side by side in one run (e.g. before and after a change), each a release binary:
+#
+#   python bench/flight_bench.py --scale 1 --meshgate before=/path/meshgate --meshgate after=target/release/meshgate
+#
 # `postgres` first: the same table loaded into a throwaway PostgreSQL (tpchgen-cli CSV, COPY),
 # read through meshgate and with adbc_driver_postgresql (bench/postgres_bench.py).
 #

@@ -284,11 +284,12 @@ impl Gateway {
             })
         });
         // Quality rules: a look every few seconds at what is due (a data change, the interval,
-        // a rule's cron schedule); a slow check delays the next look instead of overlapping it.
+        // a rule's cron schedule) that also observes each port's data version for freshness; a
+        // slow check delays the next look instead of overlapping it.
         let quality = (!config.quality_interval.is_zero()).then(|| {
             let core = Arc::clone(&core);
             let every = config.quality_interval;
-            let look = every.min(std::time::Duration::from_secs(30));
+            let look = every.min(std::time::Duration::from_secs(5));
             RetryTimer::start(look, move || {
                 let core = Arc::clone(&core);
                 async move {

@@ -118,7 +118,7 @@ async fn actions_describe_health_reload() {
         .into_iter()
         .map(|a| a.r#type)
         .collect();
-    assert_eq!(names, ["describe", "health", "reload", "check-quality"]);
+    assert_eq!(names, ["describe", "health", "reload", "quality", "lineage", "check-quality"]);
     let d = f.action("describe", "customers/profiles").await.unwrap();
     assert_eq!(d["product"]["owner"], "customer-360");
     assert_eq!(d["contract"]["columns"][2]["classification"], "pii");

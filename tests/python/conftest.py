@@ -37,6 +37,8 @@ class Server:
             env={**os.environ, **(env or {})},
         )
         self.log = []
+        # Notified at every log line the server writes after `listening` (see `wait_log`).
+        self.logged = threading.Condition()
         # The server logs a `listening` record once bound: wait for that line, not for a time.
         for line in self.proc.stderr:
             self.log.append(line)
@@ -52,7 +54,35 @@ class Server:
 
     def _drain(self):
         for line in self.proc.stderr:
-            self.log.append(line)
+            with self.logged:
+                self.log.append(line)
+                self.logged.notify_all()
+        with self.logged:
+            self.logged.notify_all()
+
+    def records(self, message):
+        """The fields of every JSON log record with `message` written so far."""
+        with self.logged:
+            lines = list(self.log)
+        out = []
+        for line in lines:
+            try:
+                fields = json.loads(line)["fields"]
+            except (ValueError, KeyError):
+                continue
+            if fields.get("message") == message:
+                out.append(fields)
+        return out
+
+    def wait_log(self, message, until, timeout=120):
+        """Blocks until `until(records)` holds for the records with `message`, woken by each new
+        log line (no polling); fails after `timeout` s or when the server exits."""
+        with self.logged:
+            done = self.logged.wait_for(
+                lambda: until(self.records(message)) or self.proc.poll() is not None, timeout=timeout)
+        found = self.records(message)
+        assert done and until(found), f"no log records `{message}` as awaited; got {found}"
+        return found
 
     def client(self) -> flight.FlightClient:
         return flight.connect(f"grpc://{self.addr}")

@@ -112,9 +112,6 @@ pub struct ReadStream {
     pub label: String,
     /// The batches; the stream ends only once the read's outcome is durable.
     pub batches: BoxStream<'static, Result<RecordBatch>>,
-    /// Whether the rows come in the same order every time the ticket is redeemed (a shard's
-    /// pinned files, read one after another), so a reader may resume at a row offset.
-    pub ordered: bool,
     /// The message body compression the read asked for (`lz4`, `zstd`), if any.
     pub compression: Option<crate::query::Compression>,
 }
@@ -146,6 +143,9 @@ impl Default for CoreOptions {
 
 /// Longest SQL statement text accepted, in bytes.
 pub const MAX_STATEMENT_BYTES: usize = 1 << 20;
+
+/// The DoGet header with which a reader resumes a shard: the rows it already has.
+pub const RESUME_HEADER: &str = "x-meshgate-offset";
 
 /// Reads streaming at once by default.
 pub const DEFAULT_MAX_READS: usize = 256;
@@ -688,11 +688,12 @@ impl AccessCore {
 
     /// Redeems a ticket: verifies it (signature, expiry, the caller is its subject), decides and
     /// plans its read again (the rules may have changed), refuses it when a contract it was
-    /// planned against changed, and executes it.
-    pub async fn read_ticket(self: &Arc<Self>, call: &Call, ticket: &[u8]) -> Result<ReadStream> {
+    /// planned against changed, and executes it. With `offset`, a shard's stream resumes after
+    /// that many rows (only shards come in a fixed order; any other read is refused).
+    pub async fn read_ticket(self: &Arc<Self>, call: &Call, ticket: &[u8], offset: Option<u64>) -> Result<ReadStream> {
         let mut token = self.begin(call)?;
         match self.redeem(call, ticket, token.as_mut()).await {
-            Ok((plan, shard, pinned)) => self.run(plan, shard, pinned, token).await,
+            Ok((plan, shard, pinned)) => self.run(plan, shard, pinned, offset, token).await,
             Err(e) => Err(fail(token, e).await),
         }
     }
@@ -706,7 +707,7 @@ impl AccessCore {
         if let Some(t) = token.as_mut() {
             note(t, &plan, None);
         }
-        self.run(plan, shard, None, token).await
+        self.run(plan, shard, None, None, token).await
     }
 
     /// Runs `work` for the caller and records its outcome durably before returning it.
@@ -769,10 +770,10 @@ impl AccessCore {
         plan: AuthorizedPlan,
         shard: Shard,
         pinned: Option<Vec<PinnedFile>>,
+        offset: Option<u64>,
         mut token: Option<AuditToken>,
     ) -> Result<ReadStream> {
         trace_reads(&plan);
-        let ordered = pinned.is_some();
         let compression = match &plan.request {
             ReadRequest::Product(spec) => spec.compression,
             ReadRequest::Sql(_) => None,
@@ -786,6 +787,11 @@ impl AccessCore {
         });
         let AuthorizedPlan { df, schema, .. } = plan;
         let started = async {
+            if offset.is_some() && pinned.is_none() {
+                return Err(Error::BadOption(format!(
+                    "{RESUME_HEADER} resumes a shard's stream, whose rows come in a fixed order; ask GetFlightInfo for \"shards\" and resume those endpoints"
+                )));
+            }
             match &pinned {
                 // Files assigned by GetFlightInfo: this gateway can serve exactly them.
                 Some(_) if shard.index < shard.count => {}
@@ -814,8 +820,12 @@ impl AccessCore {
             t.resources(&resources);
             t.started().await?;
         }
+        let batches = match offset {
+            Some(n) => exec::skip(batches, n).boxed(),
+            None => batches.boxed(),
+        };
         let batches = exec::audited(batches, token, served, label.clone(), self.stop.clone(), permit).boxed();
-        Ok(ReadStream { schema, label, batches, ordered, compression })
+        Ok(ReadStream { schema, label, batches, compression })
     }
 
     /// Plans `request` for `p` on the execution runtime.

@@ -121,12 +121,13 @@ async fn tickets_carry_the_read_and_bind_the_caller() {
     let query = ReadRequest::Sql(SqlRead::new("SELECT region, count(*) AS n FROM sales.orders GROUP BY region"));
     let plan = core.authorize(&alice, query).await.unwrap();
     let ticket = core.ticket(&plan, Shard::WHOLE).unwrap().ticket;
-    let got: Vec<RecordBatch> = core.read_ticket(&alice, &ticket).await.unwrap().batches.try_collect().await.unwrap();
+    let got: Vec<RecordBatch> =
+        core.read_ticket(&alice, &ticket, None).await.unwrap().batches.try_collect().await.unwrap();
     assert_eq!(strings(&got, "region"), ["EMEA"]);
-    assert!(matches!(core.read_ticket(&bob, &ticket).await, Err(Error::ForeignTicket)));
+    assert!(matches!(core.read_ticket(&bob, &ticket, None).await, Err(Error::ForeignTicket)));
     // A ticket for a shard the read cannot be split into is refused, never served whole.
     let split = core.signer.sign(plan.claims(Shard { index: 1, count: 2 }).unwrap(), SystemTime::now());
-    assert!(matches!(core.read_ticket(&alice, &split).await, Err(Error::Shard { index: 1, count: 2 })));
+    assert!(matches!(core.read_ticket(&alice, &split, None).await, Err(Error::Shard { index: 1, count: 2 })));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::{AccessCore, AuthorizedPlan, Error, Result};
 use crate::auth::Principal;
 use crate::catalog::{Port, Product};
-use crate::quality::{self, Outcome, Trigger};
+use crate::quality::{self, Outcome, REPORT_TTL, Trigger, VERSION_TTL};
 
 /// How long one rule may run when the statement limit does not say.
 const RULE_TIME: Duration = Duration::from_secs(300);
@@ -37,7 +37,9 @@ impl AccessCore {
                 let mut ran = 0;
                 for product in snapshot.catalog.products() {
                     for port in &product.ports {
-                        let version = core.quality.version(&state, product, port).await.map(|v| v.id);
+                        // Observed for every port, so that reporting freshness never lists
+                        // files on the request path.
+                        let version = core.quality.version(&state, (product, port), VERSION_TTL).await.map(|v| v.id);
                         let due = core.quality.due(product, port, version.as_deref(), every);
                         if due.is_empty() {
                             continue;
@@ -105,7 +107,7 @@ impl AccessCore {
     /// `{"quality": ..., "freshness": ...}` of one port: the declared rules with the last
     /// check's summary, and the measured freshness against the SLA.
     pub(crate) async fn trust_json(&self, product: &Product, port: &Port) -> Value {
-        let freshness = self.quality.freshness(self.catalog.state(), product, port).await;
+        let freshness = self.quality.freshness(self.catalog.state(), (product, port), REPORT_TTL).await;
         let last = self.quality.last_check(product, port);
         let rules: Vec<Value> = port
             .contract
@@ -145,7 +147,7 @@ impl AccessCore {
     pub(crate) async fn check_staleness(&self, plan: &AuthorizedPlan, max: Duration) -> Result<()> {
         let now = (self.now)();
         for r in plan.reads() {
-            let f = self.quality.freshness(self.catalog.state(), &r.product, &r.port).await;
+            let f = self.quality.freshness(self.catalog.state(), (&r.product, &r.port), VERSION_TTL).await;
             let sla = f
                 .limit
                 .as_ref()
@@ -183,7 +185,7 @@ impl AccessCore {
             for port_json in entry.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
                 let name = port_json.get("port").and_then(Value::as_str).unwrap_or_default();
                 let Some(port) = product.ports.iter().find(|p| p.name == name) else { continue };
-                let f = self.quality.freshness(self.catalog.state(), product, port).await;
+                let f = self.quality.freshness(self.catalog.state(), (product, port), REPORT_TTL).await;
                 let quality = self.quality.last_check(product, port).map(|l| l.summary()["status"].clone());
                 degraded |= f.breached(now) || quality.as_ref().is_some_and(|q| q == "fail");
                 port_json["freshness"] = f.to_json(now)["status"].clone();

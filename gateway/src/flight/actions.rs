@@ -23,6 +23,14 @@ pub const ACTIONS: &[(&str, &str)] = &[
         "Reloads the mesh folder now; the last good state of each product stays if its new manifests are refused. Body: empty.",
     ),
     (
+        "quality",
+        "The port's quality rules with their last outcomes, and its measured freshness against the SLA. Body: as for `describe`.",
+    ),
+    (
+        "lineage",
+        "The product's upstream and downstream products (those the caller may discover). Body: as for `describe`.",
+    ),
+    (
         "check-quality",
         "Runs the contract quality rules now (operators) and returns the outcomes. Body: `<domain>/<product>`, or empty for every product.",
     ),
@@ -33,6 +41,20 @@ pub async fn run(core: &Arc<AccessCore>, p: &Principal, action: &Action) -> Resu
     let value = match action.r#type.as_str() {
         "describe" => core.describe_live(p, target(&action.body)?).await?,
         "health" => core.health(p).await,
+        // Parts of `describe`, for clients that want only them.
+        "quality" => {
+            let d = core.describe_live(p, target(&action.body)?).await?;
+            serde_json::json!({
+                "product": d["product"]["address"],
+                "port": d["port"],
+                "quality": d["contract"]["quality"],
+                "freshness": d["contract"]["freshness"],
+            })
+        }
+        "lineage" => {
+            let d = core.describe(p, target(&action.body)?)?;
+            serde_json::json!({"product": d["product"]["address"], "lineage": d["lineage"]})
+        }
         "reload" => serde_json::to_value(core.reload_as(p).await?).map_err(|e| Error::Internal(e.to_string()))?,
         "check-quality" => {
             let target = if action.body.iter().all(u8::is_ascii_whitespace) {

@@ -322,24 +322,16 @@ impl FlightService for MeshFlightService {
         let offset = offset_of(&request)?;
         let ticket = request.into_inner().ticket;
         let read = match sql::metadata_read(&self.core, &call, &ticket).await {
+            Some(_) if offset.is_some() => {
+                return Err(Error::BadOption(format!("{} resumes product shards only", wire::OFFSET_HEADER)).into());
+            }
             Some(read) => read?,
-            None => self.core.read_ticket(&call, &ticket).await?,
+            None => self.core.read_ticket(&call, &ticket, offset).await?,
         };
         // The header wins over the read's own `compression` (kept in its ticket).
         let wire = WireOptions { compression: header.unwrap_or(read.compression), ..self.wire };
         let label = read.label;
-        let mut batches = read.batches.map_err(|e| FlightError::ExternalError(Box::new(e))).boxed();
-        if let Some(offset) = offset {
-            if !read.ordered {
-                // Dropping the stream records the read as ended.
-                return Err(Error::BadOption(format!(
-                    "{} resumes a shard's stream, whose rows come in a fixed order; ask GetFlightInfo for \"shards\" and resume those endpoints",
-                    wire::OFFSET_HEADER
-                ))
-                .into());
-            }
-            batches = wire::skip(batches, offset).boxed();
-        }
+        let batches = read.batches.map_err(|e| FlightError::ExternalError(Box::new(e)));
         let flight = wire::encode(read.schema, batches, wire).map_err(move |e| Status::from(stream_error(&label, e)));
         Ok(Response::new(flight.boxed()))
     }

@@ -90,7 +90,6 @@ pub(crate) async fn metadata_read(core: &Arc<AccessCore>, call: &Call, ticket: &
         schema: batch.schema(),
         label: "the catalog".into(),
         batches: futures::stream::once(async move { Ok(batch) }).boxed(),
-        ordered: true,
         compression: None,
     }))
 }

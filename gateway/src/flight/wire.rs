@@ -41,32 +41,8 @@ pub struct WireOptions {
     pub compression: Option<Compression>,
 }
 
-/// The request header with which a reader resumes a stream: the rows it already has.
-pub const OFFSET_HEADER: &str = "x-meshgate-offset";
-
-/// `batches` without their first `offset` rows.
-pub fn skip<S, E>(batches: S, offset: u64) -> impl Stream<Item = Result<RecordBatch, E>> + Send + 'static
-where
-    S: Stream<Item = Result<RecordBatch, E>> + Send + 'static,
-    E: Send + 'static,
-{
-    let mut left = offset;
-    batches.filter_map(move |b| {
-        let out = match b {
-            Ok(b) if left >= b.num_rows() as u64 => {
-                left -= b.num_rows() as u64;
-                None
-            }
-            Ok(b) if left > 0 => {
-                let from = left as usize;
-                left = 0;
-                Some(Ok(b.slice(from, b.num_rows() - from)))
-            }
-            other => Some(other),
-        };
-        futures::future::ready(out)
-    })
-}
+/// The request header with which a reader resumes a shard: the rows it already has.
+pub use crate::access::RESUME_HEADER as OFFSET_HEADER;
 
 /// The request header naming the compression a client wants for a stream.
 pub const COMPRESSION_HEADER: &str = "x-meshgate-compression";
@@ -317,23 +293,6 @@ mod tests {
                     .await
                     .unwrap();
             assert_eq!(decoded, vec![b.clone()]);
-        }
-    }
-
-    #[tokio::test]
-    async fn a_resumed_stream_starts_at_its_offset() {
-        use arrow::array::Int64Array;
-        let batch = |r: std::ops::Range<i64>| {
-            RecordBatch::try_from_iter([("n", Arc::new(Int64Array::from_iter_values(r)) as ArrayRef)]).unwrap()
-        };
-        for offset in [0u64, 3, 10, 12, 25, 40] {
-            let input = stream::iter([batch(0..10), batch(10..15), batch(15..30)].map(Ok::<_, FlightError>));
-            let out: Vec<RecordBatch> = skip(input, offset).try_collect().await.unwrap();
-            let rows: Vec<i64> = out
-                .iter()
-                .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec())
-                .collect();
-            assert_eq!(rows, (offset.min(30) as i64..30).collect::<Vec<_>>(), "offset {offset}");
         }
     }
 

@@ -41,8 +41,14 @@ pub use sla::{AgeLimit, Freshness};
 /// How many outcomes are kept in memory (and served by `_governance/quality`).
 pub const KEEP: usize = 100_000;
 
-/// How long a measured data version is reused before the listing is taken again.
-const VERSION_TTL: Duration = Duration::from_secs(5);
+/// How old an observed data version may be for a read that asks for `max_staleness` (the
+/// listing is taken again past it).
+pub const VERSION_TTL: Duration = Duration::from_secs(5);
+
+/// How old an observed data version may be for what is only reported (`FlightInfo`,
+/// `describe`, health). The scheduler observes every port far more often, so a call on the
+/// request path practically never lists files itself.
+pub const REPORT_TTL: Duration = Duration::from_secs(60);
 
 /// What started a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,8 +159,12 @@ pub(crate) fn files_version(plan: &Arc<dyn ExecutionPlan>) -> Option<DataVersion
     Some(DataVersion { id: hex::encode(&h.finalize()[..12]), changed })
 }
 
-/// The version of `port`'s data now: its file listing, when it is stored as files.
+/// The version of `port`'s data now: its file listing, when it is stored as files. Other
+/// storage reports no version (and planning a scan of it could reach a remote server).
 pub async fn data_version(state: &SessionState, port: &Port) -> Option<DataVersion> {
+    if !matches!(port.binding, meshgate_adapters::Binding::Files(_)) {
+        return None;
+    }
     let plan = port.table.scan(state, Some(&vec![]), &[], None).await.ok()?;
     files_version(&plan)
 }
@@ -258,10 +268,6 @@ impl Quality {
                 tracing::warn!(error = %e, "quality outcomes could not be appended to the quality log");
             }
         }
-        for o in &outcomes {
-            let status = if o.passed { "pass" } else { "fail" };
-            tracing::info!(product = %product.address(), port = %port.name, rule = %o.rule, value = ?o.value, status, "quality rule checked");
-        }
         {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
             recent.extend(outcomes.iter().cloned());
@@ -277,11 +283,18 @@ impl Quality {
         }
         let mut merged = state.last.take().map(|l| l.outcomes).unwrap_or_default();
         merged.retain(|old| !outcomes.iter().any(|o| o.rule == old.rule));
-        merged.extend(outcomes);
+        merged.extend(outcomes.iter().cloned());
+        let outcomes_logged = outcomes;
         // Rules no longer in the contract are not reported as current.
         let names: Vec<&str> = port.contract.rules.iter().map(|r| r.name.as_str()).collect();
         merged.retain(|o| names.contains(&o.rule.as_str()));
         state.last = Some(LastCheck { at: now, data_version, outcomes: merged });
+        drop(ports);
+        // Logged once recorded: a reader that sees the line sees the outcome in `describe`.
+        for o in &outcomes_logged {
+            let status = if o.passed { "pass" } else { "fail" };
+            tracing::info!(product = %product.address(), port = %port.name, rule = %o.rule, value = ?o.value, status, "quality rule checked");
+        }
     }
 
     /// The last check of `port`, if any.
@@ -297,15 +310,20 @@ impl Quality {
         self.recent.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 
-    /// `port`'s data version, measured at most every few seconds.
-    pub async fn version(&self, state: &SessionState, product: &Product, port: &Port) -> Option<DataVersion> {
+    /// `port`'s data version, as observed at most `max_age` ago (measured now otherwise).
+    pub async fn version(
+        &self,
+        state: &SessionState,
+        (product, port): (&Product, &Port),
+        max_age: Duration,
+    ) -> Option<DataVersion> {
         let k = key(product, port);
         {
             let ports = self.ports.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((at, v)) = ports.get(&k).and_then(|s| s.seen.clone()) {
-                if at.elapsed().unwrap_or(Duration::MAX) < VERSION_TTL {
-                    return v;
-                }
+            if let Some((at, v)) = ports.get(&k).and_then(|s| s.seen.clone())
+                && at.elapsed().unwrap_or(Duration::MAX) < max_age
+            {
+                return v;
             }
         }
         let v = data_version(state, port).await;
@@ -314,9 +332,15 @@ impl Quality {
         v
     }
 
-    /// How fresh `port`'s data is against its contract.
-    pub async fn freshness(&self, state: &SessionState, product: &Product, port: &Port) -> Freshness {
-        let changed = self.version(state, product, port).await.and_then(|v| v.changed);
+    /// How fresh `port`'s data is against its contract, from an observation at most `max_age`
+    /// old ([`VERSION_TTL`] to decide a read, [`REPORT_TTL`] to report).
+    pub async fn freshness(
+        &self,
+        state: &SessionState,
+        (product, port): (&Product, &Port),
+        max_age: Duration,
+    ) -> Freshness {
+        let changed = self.version(state, (product, port), max_age).await.and_then(|v| v.changed);
         Freshness { changed, limit: port.contract.age_limit.clone() }
     }
 
@@ -369,7 +393,7 @@ pub async fn check(
     trigger: Trigger,
     limit: Duration,
 ) -> Vec<Outcome> {
-    let version = quality.version(state, product, port).await.map(|v| v.id);
+    let version = quality.version(state, (product, port), VERSION_TTL).await.map(|v| v.id);
     let mut outcomes = Vec::with_capacity(rules.len());
     for rule in rules {
         let measured = run::measure(state, std::sync::Arc::clone(&port.table), rule, limit).await;

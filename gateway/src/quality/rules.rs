@@ -166,6 +166,7 @@ impl Rule {
     pub fn to_json(&self) -> Value {
         serde_json::json!({
             "name": self.name,
+            "field": self.field,
             "metric": self.metric(),
             "column": self.column(),
             "dimension": self.dimension,
@@ -251,10 +252,8 @@ fn expectation(v: &Value) -> Result<Option<Expect>, String> {
 }
 
 fn rule(v: &Value, field: String, scope: Scope, columns: &[String]) -> Result<Rule, String> {
-    let kind = match (text(v, "type"), text(v, "metric")) {
-        (Some(t), _) => t,
-        (None, _) => "library".to_string(),
-    };
+    // ODCS: `type` defaults to `library`.
+    let kind = text(v, "type").unwrap_or_else(|| "library".into());
     let args = v.get("arguments").cloned().unwrap_or(Value::Null);
     let column = match &scope {
         Scope::Column(c) => Some(c.clone()),

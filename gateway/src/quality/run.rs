@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
-use datafusion::catalog::{MemoryCatalogProviderList, TableProvider};
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider,
+    SchemaProvider, TableProvider,
+};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::session_state::SessionState;
 use datafusion::prelude::{DataFrame, SessionContext};
@@ -118,18 +121,19 @@ pub(crate) async fn measure(
     rule: &Rule,
     limit: Duration,
 ) -> Result<f64, Error> {
+    // The session's only table: the product, in the default catalog and schema.
+    let schema = MemorySchemaProvider::new();
+    schema.register_table(TABLE.into(), table).map_err(|e| Error::Query(e.to_string()))?;
+    let catalog = MemoryCatalogProvider::new();
+    let defaults = &base.config().options().catalog;
+    catalog.register_schema(&defaults.default_schema, Arc::new(schema)).map_err(|e| Error::Query(e.to_string()))?;
+    let catalogs = MemoryCatalogProviderList::new();
+    catalogs.register_catalog(defaults.default_catalog.clone(), Arc::new(catalog));
     let state = SessionStateBuilder::new_from_existing(base.clone())
-        .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
+        .with_catalog_list(Arc::new(catalogs))
         .with_table_functions(Default::default())
         .build();
     let ctx = SessionContext::new_with_state(state);
-    // The builder above starts empty: the default catalog and schema hold the one table.
-    ctx.register_catalog("datafusion", Arc::new(datafusion::catalog::MemoryCatalogProvider::new()));
-    ctx.catalog("datafusion")
-        .ok_or(Error::Read)?
-        .register_schema("public", Arc::new(datafusion::catalog::MemorySchemaProvider::new()))
-        .map_err(|e| Error::Query(e.to_string()))?;
-    ctx.register_table(TABLE, table).map_err(|e| Error::Query(e.to_string()))?;
     let query = sql(rule);
     let run = async {
         let plan = read_only_plan(&ctx.state(), &query).await.map_err(|e| Error::Query(e.to_string()))?;
