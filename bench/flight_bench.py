@@ -60,7 +60,7 @@ def write_mesh(mesh: Path, name: str, location: Path, fmt: str):
     d.mkdir(parents=True)
     (d / "product.odps.yaml").write_text(
         f"apiVersion: v1.0.0\nkind: DataProduct\nid: tpch-{name}\nstatus: active\n"
-        f"outputPorts:\n  - name: v1\n    contractId: tpch-{name}-v1\n"
+        f"outputPorts:\n  - name: v1\n    version: 1.0.0\n    contractId: tpch-{name}-v1\n"
     )
     props = []
     for f in pq.read_schema(location.with_suffix(".parquet")):

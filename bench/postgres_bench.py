@@ -69,7 +69,7 @@ def write_mesh(root: Path, port: int) -> tuple[Path, Path]:
         d.mkdir(parents=True)
         (d / "product.odps.yaml").write_text(
             f"apiVersion: v1.0.0\nkind: DataProduct\nid: pg-{name}\nstatus: active\n"
-            f"outputPorts:\n  - name: v1\n    contractId: pg-{name}-v1\n")
+            f"outputPorts:\n  - name: v1\n    version: 1.0.0\n    contractId: pg-{name}-v1\n")
         binding = json.dumps({"adapter": "postgres", "database": "bench", "table": "lineitem", **extra})
         props = "".join(f"      - name: {c}\n" for c in columns)
         (d / "v1.odcs.yaml").write_text(

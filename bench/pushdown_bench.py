@@ -64,7 +64,7 @@ def write_mesh(root: Path, meshgate: str, data: Path) -> Path:
         "row_filters:\n  - product: lineitem\n    roles: [analyst]\n    filter: \"l_shipmode = 'AIR'\"\n")
     (d / "product.odps.yaml").write_text(
         "apiVersion: v1.0.0\nkind: DataProduct\nid: tpch-lineitem\nstatus: active\n"
-        "outputPorts:\n  - name: v1\n    contractId: tpch-lineitem-v1\n")
+        "outputPorts:\n  - name: v1\n    version: 1.0.0\n    contractId: tpch-lineitem-v1\n")
     props = []
     for f in pq.read_schema(next(data.rglob("*.parquet"))):
         kind = next(v for k, v in LOGICAL.items() if str(f.type).startswith(k))
