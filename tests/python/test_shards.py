@@ -114,6 +114,11 @@ def test_an_offset_needs_a_shard_and_a_number(client):
     options = flight.FlightCallOptions(headers=[(b"x-meshgate-offset", b"10")])
     with pytest.raises(pa.ArrowInvalid, match="shards"):
         client.do_get(info.endpoints[0].ticket, options).read_all()
+    # A Flight SQL catalog answer (its ticket is the command) is not resumed either.
+    url = b"type.googleapis.com/arrow.flight.protocol.sql.CommandGetCatalogs"
+    catalogs = client.get_flight_info(flight.FlightDescriptor.for_command(b"\x0a" + bytes([len(url)]) + url))
+    with pytest.raises(pa.ArrowInvalid, match="resumes product shards only"):
+        client.do_get(catalogs.endpoints[0].ticket, options).read_all()
     options = flight.FlightCallOptions(headers=[(b"x-meshgate-offset", b"-3")])
     with pytest.raises(pa.ArrowInvalid, match="rows already read"):
         client.do_get(sharded(client, "sales/orders", 2).endpoints[0].ticket, options).read_all()

@@ -170,8 +170,29 @@ async fn port_health(catalog: &Catalog, entry: &catalog::Entry) -> Vec<(String, 
         .await
 }
 
-/// Gateway and per-product health, each port's storage checked, for the products `visible` shows.
-pub(crate) async fn health(catalog: &Catalog, snapshot: &MeshSnapshot, visible: Visibility<'_>) -> Value {
+/// What health says of one port's data beside its storage: the last quality check's status and
+/// the freshness against the SLA (either failing makes the gateway `degraded`).
+#[derive(Debug, Clone)]
+pub(crate) struct PortTrust {
+    /// `pass`, `fail`, or null before the first check.
+    pub(crate) quality: Value,
+    /// `fresh`, `stale` or `unknown`.
+    pub(crate) freshness: Value,
+    /// Whether this port degrades the gateway's status.
+    pub(crate) degraded: bool,
+}
+
+/// `(domain, product, port)` → its [`PortTrust`].
+pub(crate) type TrustOf = std::collections::HashMap<(String, String, String), PortTrust>;
+
+/// Gateway and per-product health, each port's storage checked, for the products `visible` shows,
+/// with each port's quality and freshness from `trust`.
+pub(crate) async fn health(
+    catalog: &Catalog,
+    snapshot: &MeshSnapshot,
+    visible: Visibility<'_>,
+    trust: &TrustOf,
+) -> Value {
     let mut products = Vec::new();
     let mut degraded = false;
     let shown: Vec<_> =
@@ -183,7 +204,13 @@ pub(crate) async fn health(catalog: &Catalog, snapshot: &MeshSnapshot, visible: 
         let mut ports = Vec::new();
         for (port, h) in answer {
             degraded |= h != Health::Ok;
-            ports.push(json!({"port": port, "health": h}));
+            let mut entry = json!({"port": port, "health": h});
+            if let Some(t) = trust.get(&(domain.clone(), name.clone(), port)) {
+                degraded |= t.degraded;
+                entry["quality"] = t.quality.clone();
+                entry["freshness"] = t.freshness.clone();
+            }
+            ports.push(entry);
         }
         let status = match (&entry.product, entry.problems.is_empty()) {
             (Some(_), true) => "available",

@@ -518,9 +518,8 @@ impl AccessCore {
     pub async fn health(&self, p: &Principal) -> Value {
         let snapshot = self.snapshot();
         let visible = |_: &str, _: &str, prod: Option<&Product>| snapshot.visible(p, prod);
-        let mut out = describe::health(&self.catalog, &snapshot, &visible).await;
-        self.health_trust(&mut out).await;
-        out
+        let trust = self.port_trust(&snapshot, &visible).await;
+        describe::health(&self.catalog, &snapshot, &visible, &trust).await
     }
 
     /// Every table of the catalog `mesh` that `p` can name (see [`TableEntry`]).

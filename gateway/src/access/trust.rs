@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::describe::{PortTrust, TrustOf};
+use super::snapshot::MeshSnapshot;
 use super::{AccessCore, AuthorizedPlan, Error, Result};
 use crate::auth::Principal;
 use crate::catalog::{Port, Product};
@@ -174,26 +176,27 @@ impl AccessCore {
         Ok(())
     }
 
-    /// Adds each port's quality status and freshness to a health document's products.
-    pub(crate) async fn health_trust(&self, health: &mut Value) {
-        let snapshot = self.snapshot();
+    /// The quality status and freshness of every port of the products `visible` lets the
+    /// caller see, for health.
+    pub(crate) async fn port_trust(
+        &self,
+        snapshot: &MeshSnapshot,
+        visible: crate::catalog::Visibility<'_>,
+    ) -> TrustOf {
         let now = (self.now)();
-        let mut degraded = false;
-        for entry in health.get_mut("products").and_then(Value::as_array_mut).into_iter().flatten() {
-            let address = entry.get("product").and_then(Value::as_str).unwrap_or_default().to_string();
-            let Some(product) = snapshot.catalog.products().find(|p| p.address() == address) else { continue };
-            for port_json in entry.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
-                let name = port_json.get("port").and_then(Value::as_str).unwrap_or_default();
-                let Some(port) = product.ports.iter().find(|p| p.name == name) else { continue };
+        let mut out = TrustOf::new();
+        for product in snapshot.catalog.products().filter(|p| visible(&p.domain, &p.name, Some(p))) {
+            for port in &product.ports {
                 let f = self.quality.freshness(self.catalog.state(), (product, port), REPORT_TTL).await;
                 let quality = self.quality.last_check(product, port).map(|l| l.summary()["status"].clone());
-                degraded |= f.breached(now) || quality.as_ref().is_some_and(|q| q == "fail");
-                port_json["freshness"] = f.to_json(now)["status"].clone();
-                port_json["quality"] = quality.unwrap_or(Value::Null);
+                let trust = PortTrust {
+                    degraded: f.breached(now) || quality.as_ref().is_some_and(|q| q == "fail"),
+                    quality: quality.unwrap_or(Value::Null),
+                    freshness: f.to_json(now)["status"].clone(),
+                };
+                out.insert((product.domain.clone(), product.name.clone(), port.name.clone()), trust);
             }
         }
-        if degraded {
-            health["status"] = "degraded".into();
-        }
+        out
     }
 }

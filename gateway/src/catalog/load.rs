@@ -60,6 +60,15 @@ impl Problems {
     fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.list.push(Problem { file: self.file.clone(), field: field.into(), message: message.into() });
     }
+    /// The value of `parsed`, or its `(field, message)` problems added and the default.
+    fn or_default<T: Default>(&mut self, parsed: Result<T, Vec<(String, String)>>) -> T {
+        parsed.unwrap_or_else(|problems| {
+            for (field, message) in problems {
+                self.add(field, message);
+            }
+            T::default()
+        })
+    }
 }
 
 impl Loader {
@@ -267,18 +276,8 @@ impl Loader {
             }
         }
         let names: Vec<String> = properties.iter().map(|x| x.name.clone()).collect();
-        let rules = crate::quality::rules::parse(&document, &names).unwrap_or_else(|problems| {
-            for (field, message) in problems {
-                p.add(field, message);
-            }
-            vec![]
-        });
-        let age_limit = crate::quality::sla::age_limit(&document).unwrap_or_else(|problems| {
-            for (field, message) in problems {
-                p.add(field, message);
-            }
-            None
-        });
+        let rules = p.or_default(crate::quality::rules::parse(&document, &names));
+        let age_limit = p.or_default(crate::quality::sla::age_limit(&document));
         let binding = match custom_value(&c.custom_properties, "meshgate.binding") {
             None => {
                 p.add(

@@ -321,10 +321,11 @@ impl FlightService for MeshFlightService {
         let header = Self::compression_header(&request)?;
         let offset = offset_of(&request)?;
         let ticket = request.into_inner().ticket;
+        // Refused before the catalog answers: a metadata answer is recorded as served.
+        if offset.is_some() && sql::is_metadata_ticket(&ticket) {
+            return Err(Error::BadOption(format!("{} resumes product shards only", wire::OFFSET_HEADER)).into());
+        }
         let read = match sql::metadata_read(&self.core, &call, &ticket).await {
-            Some(_) if offset.is_some() => {
-                return Err(Error::BadOption(format!("{} resumes product shards only", wire::OFFSET_HEADER)).into());
-            }
             Some(read) => read?,
             None => self.core.read_ticket(&call, &ticket, offset).await?,
         };

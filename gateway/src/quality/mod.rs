@@ -284,14 +284,13 @@ impl Quality {
         let mut merged = state.last.take().map(|l| l.outcomes).unwrap_or_default();
         merged.retain(|old| !outcomes.iter().any(|o| o.rule == old.rule));
         merged.extend(outcomes.iter().cloned());
-        let outcomes_logged = outcomes;
         // Rules no longer in the contract are not reported as current.
         let names: Vec<&str> = port.contract.rules.iter().map(|r| r.name.as_str()).collect();
         merged.retain(|o| names.contains(&o.rule.as_str()));
         state.last = Some(LastCheck { at: now, data_version, outcomes: merged });
         drop(ports);
         // Logged once recorded: a reader that sees the line sees the outcome in `describe`.
-        for o in &outcomes_logged {
+        for o in &outcomes {
             let status = if o.passed { "pass" } else { "fail" };
             tracing::info!(product = %product.address(), port = %port.name, rule = %o.rule, value = ?o.value, status, "quality rule checked");
         }
