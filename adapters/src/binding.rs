@@ -24,6 +24,7 @@
 
 use serde::Deserialize;
 
+use crate::delta::DeltaBinding;
 use crate::files::FilesBinding;
 use crate::flight::FlightBinding;
 use crate::memory::MemoryBinding;
@@ -33,6 +34,8 @@ use crate::postgres::PostgresBinding;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "adapter", rename_all = "snake_case")]
 pub enum Binding {
+    /// A Delta Lake table: read at its latest commit (or a pinned version), written by publishes.
+    Delta(DeltaBinding),
     /// Files read through DataFusion listing tables: Parquet, CSV, NDJSON, Arrow IPC.
     Files(FilesBinding),
     /// A remote Flight or Flight SQL server (another gateway, federation).
@@ -47,6 +50,7 @@ impl Binding {
     /// The adapter kind that serves this binding.
     pub fn kind(&self) -> &'static str {
         match self {
+            Binding::Delta(_) => "delta",
             Binding::Files(_) => "files",
             Binding::Flight(_) => "flight",
             Binding::Memory(_) => "memory",

@@ -28,6 +28,14 @@ pub enum Error {
     #[error("data unavailable: {0}")]
     Unavailable(String),
 
+    /// A version of the data that does not exist or is no longer kept.
+    #[error("{0}")]
+    NotFound(String),
+
+    /// Writing a new version failed; nothing was committed.
+    #[error("the commit failed: {0}")]
+    Write(String),
+
     /// DataFusion failed while opening the table (schema inference, listing).
     #[error("opening the table failed: {0}")]
     DataFusion(#[from] Box<datafusion::error::DataFusionError>),

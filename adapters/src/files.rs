@@ -258,7 +258,7 @@ impl Adapter for FilesAdapter {
         }
         let inner = ListingTable::try_new(config)?;
         let table = Arc::new(FilesTable { inner: Some(inner), ..table });
-        Ok(Opened { table: Arc::clone(&table) as Arc<dyn TableProvider>, storage: table })
+        Ok(Opened { table: Arc::clone(&table) as Arc<dyn TableProvider>, storage: table, versions: None })
     }
 }
 

@@ -237,7 +237,7 @@ impl Adapter for FlightAdapter {
             .map_err(|_| Error::Unavailable(format!("server `{}` sent a schema that cannot be read", remote.name)))?;
         let table = RemoteTable { remote: Arc::clone(&remote), source, schema: Arc::new(schema) };
         let storage = Arc::new(RemoteHealth { remote, probe: table.probe() });
-        Ok(Opened { table: Arc::new(table), storage })
+        Ok(Opened { table: Arc::new(table), storage, versions: None })
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`Adapter`]: the behaviour each kind implements: open a binding as an [`Opened`] table,
 //!   whose [`StorageHandle`] reports health and is closed when the product goes away.
 //! - [`AdapterRegistry`]: maps a binding to its adapter.
+//! - [`delta`]: Delta Lake tables, read at their latest commit or a pinned version, and the
+//!   storage products published through the gateway are written to ([`Versioned`]).
 //! - [`files`]: Parquet, CSV, newline-delimited JSON and Arrow IPC through DataFusion listing
 //!   tables over `object_store`.
 //! - [`flight`]: a product of another gateway, any Flight server's path, or a Flight SQL
@@ -36,6 +38,7 @@ use datafusion::catalog::TableProvider;
 use datafusion::execution::session_state::SessionState;
 
 pub mod binding;
+pub mod delta;
 pub mod error;
 pub mod files;
 pub mod flight;
@@ -69,6 +72,9 @@ pub struct OpenContext {
     pub stores: Arc<ObjectStores>,
     /// The product's domain: the name of the folder holding the product folder.
     pub domain: String,
+    /// The schema the contract declares, when every column's type can be taken from it: what
+    /// storage that does not exist yet (a product never published) is served with.
+    pub declared: Option<SchemaRef>,
 }
 
 impl OpenContext {
@@ -88,7 +94,14 @@ impl OpenContext {
             storage_roots: Arc::from(Vec::new()),
             stores: Arc::new(ObjectStores::default()),
             domain,
+            declared: None,
         }
+    }
+
+    /// Serves storage that does not exist yet with `schema` (the contract's).
+    pub fn with_declared(mut self, schema: Option<SchemaRef>) -> Self {
+        self.declared = schema;
+        self
     }
 
     /// Also allows the remote locations of `stores`.
@@ -276,6 +289,83 @@ pub struct Opened {
     pub table: Arc<dyn TableProvider>,
     /// Its storage's health and lifecycle.
     pub storage: Arc<dyn StorageHandle>,
+    /// Versions of the data, and new ones written, where the storage keeps them (Delta).
+    pub versions: Option<Arc<dyn Versioned>>,
+}
+
+/// How a publish changes a product's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// The new rows are added to the current version's.
+    Append,
+    /// The new rows are the whole new version.
+    Replace,
+}
+
+impl WriteMode {
+    /// The mode's name, as requests spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            WriteMode::Append => "append",
+            WriteMode::Replace => "replace",
+        }
+    }
+}
+
+/// One committed version of a product's data.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct VersionInfo {
+    /// The storage's version number (Delta: the commit number, from 0).
+    pub version: u64,
+    /// When it was committed, in milliseconds since the Unix epoch.
+    pub committed_ms: Option<i64>,
+    /// The operation (`WRITE`, `CREATE TABLE`, ...), as the storage names it.
+    pub operation: Option<String>,
+    /// Who published it, when published through the gateway.
+    pub author: Option<String>,
+    /// `append` or `replace`, when published through the gateway.
+    pub mode: Option<String>,
+    /// Rows the commit added.
+    pub rows: Option<u64>,
+}
+
+/// Which version of a product's data a read wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionPin {
+    /// Exactly this version.
+    Version(u64),
+    /// The last version committed at or before this time (milliseconds since the Unix epoch).
+    AsOf(i64),
+}
+
+/// What a publish records with its commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitNote {
+    /// The principal who published.
+    pub author: String,
+    /// Append or replace.
+    pub mode: WriteMode,
+    /// Rows written.
+    pub rows: u64,
+}
+
+/// Storage that keeps versions of a product's data and accepts new ones.
+#[async_trait]
+pub trait Versioned: Debug + Send + Sync {
+    /// The latest committed version, or `None` when nothing was committed yet.
+    async fn latest(&self) -> Result<Option<VersionInfo>>;
+
+    /// Up to `limit` versions, newest first.
+    async fn history(&self, limit: usize) -> Result<Vec<VersionInfo>>;
+
+    /// The data as it was at `pin`, with the same schema as the opened table; a version that
+    /// does not exist (or is no longer kept) is [`Error::NotFound`].
+    async fn at(&self, pin: VersionPin) -> Result<(Arc<dyn TableProvider>, u64)>;
+
+    /// Commits `batches` (already conformed to the table's schema and checked) as one new
+    /// version, atomically: readers see all of it or none. Returns the new version.
+    async fn commit(&self, batches: Vec<arrow::array::RecordBatch>, note: CommitNote) -> Result<u64>;
 }
 
 /// One storage kind.

@@ -69,7 +69,7 @@ impl Adapter for MemoryAdapter {
                 Arc::new(MemTable::try_new(served, parts)?)
             }
         };
-        Ok(Opened { table, storage: Arc::new(InMemoryStorage) })
+        Ok(Opened { table, storage: Arc::new(InMemoryStorage), versions: None })
     }
 }
 

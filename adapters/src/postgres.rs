@@ -286,7 +286,7 @@ impl Adapter for PostgresAdapter {
         };
         let db = Arc::new(db);
         let table = PostgresTable { db: Arc::clone(&db), shape: Shape { source, schema, columns }, split };
-        Ok(Opened { table: Arc::new(table), storage: db })
+        Ok(Opened { table: Arc::new(table), storage: db, versions: None })
     }
 }
 

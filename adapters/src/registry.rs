@@ -20,6 +20,7 @@ impl AdapterRegistry {
     pub fn with_defaults(memory: MemoryAdapter) -> Self {
         Self::default()
             .with_adapter(Arc::new(FilesAdapter))
+            .with_adapter(Arc::new(crate::delta::DeltaAdapter))
             .with_adapter(Arc::new(memory))
             .with_adapter(Arc::new(PostgresAdapter))
             .with_adapter(Arc::new(FlightAdapter))

@@ -151,6 +151,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "MESHGATE_STATEMENT_MAX_ROWS", default_value_t = 0)]
     pub statement_max_rows: u64,
 
+    /// Arrow bytes one publish (DoPut, Flight SQL ingest) may stage before its quality rules are
+    /// checked and it is committed; a larger one is refused with `RESOURCE_EXHAUSTED`, nothing
+    /// written (publish it in several appends).
+    #[arg(long, env = "MESHGATE_MAX_PUBLISH_BYTES", default_value_t = crate::access::publish::DEFAULT_MAX_PUBLISH_BYTES)]
+    pub max_publish_bytes: u64,
+
     /// Reads (DoGet streams) that may run at once; one more is refused with
     /// `RESOURCE_EXHAUSTED` until one ends.
     #[arg(long, env = "MESHGATE_MAX_CONCURRENT_READS", default_value_t = crate::access::DEFAULT_MAX_READS)]
@@ -244,6 +250,7 @@ impl GatewayConfig {
             statement_memory_mb: 1024,
             statement_timeout: Duration::from_secs(300),
             statement_max_rows: 0,
+            max_publish_bytes: crate::access::publish::DEFAULT_MAX_PUBLISH_BYTES,
             max_concurrent_reads: crate::access::DEFAULT_MAX_READS,
             exec_threads: 0,
             http_listen: HttpListen(None),

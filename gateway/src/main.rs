@@ -149,6 +149,7 @@ const THREAD_STACK_BYTES: usize = 16 << 20;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    meshgate::net::install_crypto_provider();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(THREAD_STACK_BYTES).build();
     let rt = match runtime {

@@ -25,6 +25,13 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_RETRIES: u32 = 3;
 
+/// Makes ring the process's TLS crypto provider (the one tonic's TLS is built with). rustls
+/// picks one on its own only when exactly one is compiled in, and the Delta Lake crates bring a
+/// second; every TLS client and server of the gateway is built after this. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Sets `TCP_NODELAY` and TCP keep-alive on `stream`.
 pub fn configure(stream: &TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;

@@ -136,6 +136,7 @@ impl Gateway {
     /// Loads the mesh, binds the listener and starts serving. `memory` provides the datasets
     /// of `memory` bindings.
     pub async fn bind(config: GatewayConfig, memory: MemoryAdapter) -> Result<Self> {
+        crate::net::install_crypto_provider();
         let mesh = config.mesh.clone().ok_or_else(|| Error::Config("no mesh folder given (--mesh)".into()))?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
@@ -237,6 +238,7 @@ impl Gateway {
                     timeout: Some(config.statement_timeout).filter(|t| !t.is_zero()),
                     max_rows: Some(config.statement_max_rows).filter(|n| *n > 0),
                 },
+                max_publish_bytes: config.max_publish_bytes,
             })
             .with_stop(stopped)
             .with_metrics(Arc::clone(&metrics))

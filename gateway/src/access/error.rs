@@ -156,6 +156,9 @@ pub enum Error {
     /// A statement's parameters are missing, too many, or of the wrong type.
     #[error("{0}")]
     Parameters(String),
+    /// A publish was refused or failed; nothing was written.
+    #[error(transparent)]
+    Publish(#[from] super::publish::PublishError),
     /// A fault of the gateway itself.
     #[error("internal error: {0}")]
     Internal(String),
@@ -256,6 +259,16 @@ pub(crate) fn to_status(e: &Error) -> Status {
         }
         Error::Deadline { .. } => Status::deadline_exceeded(msg),
         Error::TooManyRows { .. } => Status::resource_exhausted(msg),
+        Error::Publish(p) => {
+            use super::publish::PublishError as P;
+            match p {
+                P::NotPublishable { .. } => Status::failed_precondition(msg),
+                P::Denied { .. } => Status::permission_denied(msg),
+                P::Schema { .. } | P::Required { .. } | P::Rules { .. } | P::Decode(_) => Status::invalid_argument(msg),
+                P::TooLarge { .. } => Status::resource_exhausted(msg),
+                P::Commit { .. } => Status::unavailable(msg),
+            }
+        }
         Error::Internal(what) => internal(what),
     }
 }
@@ -379,6 +392,17 @@ mod tests {
         assert!(matches!(raised, Error::TooManyRows { limit: 1 }), "the core's own error comes back as itself");
         let g = governance::Error::Config { file: "x".into(), message: "y".into() };
         assert_eq!(code(Error::Governance(g)), Code::Internal);
+        use super::super::publish::PublishError as P;
+        let p = |e: P| code(Error::Publish(e));
+        assert_eq!(p(P::NotPublishable { product: "a/b".into(), kind: "files" }), Code::FailedPrecondition);
+        assert_eq!(p(P::Denied { product: "a/b".into(), policy_ids: vec![] }), Code::PermissionDenied);
+        assert_eq!(p(P::Schema { product: "a/b".into(), message: "m".into() }), Code::InvalidArgument);
+        let required = P::Required { product: "a/b".into(), column: "c".into(), count: 1, rows: "0".into() };
+        assert_eq!(p(required), Code::InvalidArgument);
+        assert_eq!(p(P::Rules { product: "a/b".into(), failures: "f".into() }), Code::InvalidArgument);
+        assert_eq!(p(P::Decode("x".into())), Code::InvalidArgument);
+        assert_eq!(p(P::TooLarge { limit: 1 }), Code::ResourceExhausted);
+        assert_eq!(p(P::Commit { product: "a/b".into(), reason: "r".into() }), Code::Unavailable);
     }
 
     #[test]

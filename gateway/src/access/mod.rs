@@ -59,6 +59,7 @@ pub mod listing;
 pub mod mesh;
 mod params;
 pub mod plan;
+pub mod publish;
 mod shard;
 pub mod snapshot;
 mod trust;
@@ -71,6 +72,7 @@ pub use listing::{ForeignKey, SYSTEM_SCHEMA, TableEntry, TableKind};
 pub use mesh::{CATALOG, PORT_SEPARATOR, Resolved};
 pub use params::MAX_BYTES as MAX_PARAMETER_BYTES;
 pub use plan::{AuthorizedPlan, ReadRequest, Shard, SqlRead};
+pub use publish::{Incoming, PublishError, Published};
 pub(crate) use shard::listed_files;
 pub use snapshot::{MeshSnapshot, ReloadReport};
 pub use usage::UsageDay;
@@ -133,11 +135,19 @@ pub struct CoreOptions {
     pub max_reads: usize,
     /// Bounds on each SQL statement.
     pub statements: StatementLimits,
+    /// Most Arrow bytes one publish stages before its rules are checked and it is committed.
+    pub max_publish_bytes: u64,
 }
 
 impl Default for CoreOptions {
     fn default() -> Self {
-        Self { governed: false, exec_threads: 0, max_reads: DEFAULT_MAX_READS, statements: StatementLimits::default() }
+        Self {
+            governed: false,
+            exec_threads: 0,
+            max_reads: DEFAULT_MAX_READS,
+            statements: StatementLimits::default(),
+            max_publish_bytes: publish::DEFAULT_MAX_PUBLISH_BYTES,
+        }
     }
 }
 

@@ -23,7 +23,7 @@ impl AccessCore {
         &self.quality
     }
 
-    fn rule_time(&self) -> Duration {
+    pub(crate) fn rule_time(&self) -> Duration {
         self.options.statements.timeout.unwrap_or(RULE_TIME)
     }
 

@@ -523,6 +523,16 @@ impl AuditToken {
         self.open.as_ref().map(|o| &o.log)
     }
 
+    /// Records the call as a `kind` of call other than a read (`publish`).
+    pub fn kind(&mut self, kind: &str) {
+        self.set("kind", json!(kind));
+    }
+
+    /// Records the data version a publish committed.
+    pub fn version(&mut self, version: u64) {
+        self.set("version", json!(version));
+    }
+
     fn set(&mut self, key: &str, value: Value) {
         if let Some(r) = self.call.record.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             r[key] = value;

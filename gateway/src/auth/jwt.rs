@@ -225,8 +225,7 @@ fn parse_jwks(text: &str, allowed: &[Algorithm]) -> std::result::Result<HashMap<
 
 /// An HTTPS client for JWKS documents; `ca` adds a private root to the system's.
 fn https_client(ca: Option<&PathBuf>) -> Result<reqwest::Client> {
-    // rustls needs a process-wide crypto provider; ring is the one tonic's TLS uses.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::net::install_crypto_provider();
     let mut builder = reqwest::Client::builder().https_only(true).timeout(Duration::from_secs(10));
     if let Some(ca) = ca {
         let pem = std::fs::read(ca).map_err(|e| Error::Config(format!("jwks_ca_file {}: {e}", ca.display())))?;

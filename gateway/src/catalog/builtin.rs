@@ -95,6 +95,7 @@ pub fn product(b: Builtin) -> Product {
         total_bytes: -1,
         // Its health is that of the gateway part that writes it.
         storage: Arc::new(meshgate_adapters::InMemoryStorage),
+        versions: None,
         health: Default::default(),
     };
     Product {

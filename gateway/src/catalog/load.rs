@@ -297,8 +297,8 @@ impl Loader {
         let Some(binding) = binding.filter(|_| p.list.is_empty()) else {
             return Err(p.list);
         };
-        let ctx = self.open_context(dir);
-        let Opened { table, storage } = match self.registry.open(&binding, &ctx).await {
+        let ctx = self.open_context(dir).with_declared(declared_schema(&properties));
+        let Opened { table, storage, versions } = match self.registry.open(&binding, &ctx).await {
             Ok(t) => t,
             Err(e) => {
                 p.add("customProperties[meshgate.binding]", e.to_string());
@@ -334,6 +334,7 @@ impl Loader {
             total_records,
             total_bytes,
             storage,
+            versions,
             health: Default::default(),
         })
     }
@@ -429,6 +430,55 @@ fn logical_matches(logical: &str, dt: &DataType) -> Option<bool> {
     })
 }
 
+/// The Arrow schema the contract declares, for storage that does not exist yet (a product
+/// never published): every column needs a logical type, and a physical type decides the width
+/// (`int`, `bigint`, `float`, `decimal(12,2)`, `timestamp_ntz`, ...). `None` when a column's type
+/// cannot be taken from the contract.
+pub(crate) fn declared_schema(props: &[Property]) -> Option<SchemaRef> {
+    let fields: Option<Vec<Field>> = props
+        .iter()
+        .map(|p| {
+            let t = declared_type(p.logical_type.as_deref()?, p.physical_type.as_deref())?;
+            Some(Field::new(p.name.clone(), t, !p.required))
+        })
+        .collect();
+    Some(Arc::new(Schema::new(fields?)))
+}
+
+/// The Arrow type of an ODCS logical type, narrowed by its physical type where that names a
+/// width; timestamps are microseconds (UTC unless the physical type says without zone).
+fn declared_type(logical: &str, physical: Option<&str>) -> Option<DataType> {
+    use arrow::datatypes::TimeUnit;
+    let physical = physical.map(|p| p.trim().to_ascii_lowercase()).unwrap_or_default();
+    let decimal = || {
+        let inner = physical.strip_prefix("decimal").or_else(|| physical.strip_prefix("numeric"))?;
+        let inner = inner.trim().strip_prefix('(')?.strip_suffix(')')?;
+        let (p, s) = inner.split_once(',').unwrap_or((inner, "0"));
+        Some(DataType::Decimal128(p.trim().parse().ok()?, s.trim().parse().ok()?))
+    };
+    Some(match logical {
+        "string" => DataType::Utf8,
+        "boolean" => DataType::Boolean,
+        "date" => DataType::Date32,
+        "integer" => match physical.as_str() {
+            "tinyint" | "int8" | "byte" => DataType::Int8,
+            "smallint" | "int16" | "short" => DataType::Int16,
+            "int" | "integer" | "int32" => DataType::Int32,
+            _ => DataType::Int64,
+        },
+        "number" => match physical.as_str() {
+            "float" | "real" | "float32" | "float4" => DataType::Float32,
+            p if p.starts_with("decimal") || p.starts_with("numeric") => decimal()?,
+            _ => DataType::Float64,
+        },
+        "timestamp" => match physical.as_str() {
+            "timestamp_ntz" | "timestamp without time zone" => DataType::Timestamp(TimeUnit::Microsecond, None),
+            _ => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        },
+        _ => return None,
+    })
+}
+
 /// The schema clients see: contract columns in contract order, typed as in the data, with the
 /// contract's metadata on the schema and on every field.
 fn served_schema(
@@ -482,6 +532,32 @@ mod tests {
         for bad in ["", "..", ".x", "Sales", "a/b", "a\\b", "-x", "a b"] {
             assert!(!is_valid_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn declared_types() {
+        use arrow::datatypes::TimeUnit;
+        assert_eq!(declared_type("integer", Some("bigint")), Some(DataType::Int64));
+        assert_eq!(declared_type("integer", Some("INT")), Some(DataType::Int32));
+        assert_eq!(declared_type("number", Some("decimal(12, 2)")), Some(DataType::Decimal128(12, 2)));
+        assert_eq!(declared_type("number", Some("decimal(x)")), None);
+        assert_eq!(declared_type("number", None), Some(DataType::Float64));
+        assert_eq!(declared_type("string", Some("varchar")), Some(DataType::Utf8));
+        assert_eq!(
+            declared_type("timestamp", None),
+            Some(DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())))
+        );
+        assert_eq!(declared_type("timestamp", Some("timestamp_ntz")), Some(DataType::Timestamp(TimeUnit::Microsecond, None)));
+        assert_eq!(declared_type("object", None), None);
+        let prop = |name: &str, logical: Option<&str>, required: bool| Property {
+            name: name.into(),
+            logical_type: logical.map(str::to_string),
+            required,
+            ..Default::default()
+        };
+        let s = declared_schema(&[prop("id", Some("integer"), true), prop("note", Some("string"), false)]).unwrap();
+        assert!(!s.field(0).is_nullable() && s.field(1).is_nullable());
+        assert!(declared_schema(&[prop("id", None, true)]).is_none(), "an untyped column has no declared type");
     }
 
     #[test]

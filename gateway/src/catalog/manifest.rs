@@ -128,7 +128,7 @@ pub struct SchemaObject {
 }
 
 /// An ODCS property (a column).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Property {
     /// Column name in the data.

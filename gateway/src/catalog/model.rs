@@ -97,6 +97,8 @@ pub struct Port {
     pub total_bytes: i64,
     /// The storage's health probe and lifecycle; closed when the port is dropped.
     pub storage: Arc<dyn StorageHandle>,
+    /// The storage's versions, where it keeps them (Delta): pinned reads, history, publishing.
+    pub versions: Option<Arc<dyn meshgate_adapters::Versioned>>,
     /// The last probe's answer.
     pub(crate) health: HealthCache,
 }

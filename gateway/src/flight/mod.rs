@@ -21,11 +21,13 @@
 //! - `session`: Flight SQL sessions (current catalog and schema, view types) in a signed
 //!   cookie.
 //! - `sql_meta`: Flight SQL metadata commands (server info, catalogs, tables, types, keys).
+//! - [`publish`]: the producer path: `DoPut` on a product's PATH and Flight SQL ingest.
 //! - [`wire`]: cutting batches into Flight messages by the bytes their rows occupy.
 //!
 //! Errors are the core's ([`crate::access::Error`]), mapped to gRPC codes by its table.
 
 pub mod actions;
+pub mod publish;
 pub mod service;
 mod session;
 mod sql;

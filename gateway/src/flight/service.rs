@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::session::{self, Session};
 use super::wire::{self, WireOptions};
-use super::{actions, sql};
+use super::{actions, publish, sql};
 use crate::access::{AccessCore, AuthorizedPlan, Call, Client, Error, IssuedTicket, ReadRequest, Result};
 use crate::auth::{self, Authenticator, Principal};
 
@@ -337,14 +337,27 @@ impl FlightService for MeshFlightService {
         Ok(Response::new(flight.boxed()))
     }
 
-    /// Binds parameters to a Flight SQL prepared statement; nothing else is written.
+    /// Publishes to a product (PATH descriptor, or Flight SQL ingest), or binds parameters to a
+    /// Flight SQL prepared statement.
     async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
         let call = call("DoPut", &request)?;
+        let mode = request.metadata().get(publish::MODE_HEADER).map(|v| v.to_str().unwrap_or("(not text)").to_string());
         let mut incoming = request.into_inner();
         let first = incoming.message().await?.unwrap_or_default();
         let descriptor = first.flight_descriptor.clone().unwrap_or_default();
-        let work = sql::bind(&self.core, &call, &descriptor, first, incoming);
-        let metadata = self.core.recorded(&call, work).await?;
+        let metadata = match (descriptor.r#type(), sql::command(&descriptor)) {
+            (DescriptorType::Path, _) => match publish::mode(mode.as_deref()) {
+                Ok(mode) => {
+                    let batches = publish::incoming(first, incoming);
+                    publish::path(&self.core, &call, &descriptor, mode, batches).await?
+                }
+                Err(e) => self.core.recorded(&call, async { Err::<Vec<u8>, _>(e) }).await?,
+            },
+            (_, Some(Ok(arrow_flight::sql::Command::CommandStatementIngest(command)))) => {
+                publish::ingest(&self.core, &call, command, publish::incoming(first, incoming)).await?
+            }
+            _ => self.core.recorded(&call, sql::bind(&self.core, &call, &descriptor, first, incoming)).await?,
+        };
         let result = PutResult { app_metadata: metadata.into() };
         Ok(Response::new(futures::stream::once(async { Ok(result) }).boxed()))
     }
@@ -353,7 +366,7 @@ impl FlightService for MeshFlightService {
         &self,
         _request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        Err(Error::Unsupported("DoExchange is not supported: meshgate serves read-only output ports").into())
+        Err(Error::Unsupported("DoExchange is not supported: read with DoGet, publish with DoPut").into())
     }
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {

@@ -151,8 +151,8 @@ pub(crate) async fn bind(
     Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(handle.into()) }.encode_to_vec())
 }
 
-/// Why `DoPut` of anything but parameters is refused.
-pub(crate) const NOT_WRITABLE: &str = "DoPut only binds parameters to a Flight SQL prepared statement: meshgate serves read-only output ports; a domain publishes data through its own pipeline into the product's storage";
+/// Why `DoPut` of anything but a publish, an ingest or parameters is refused.
+pub(crate) const NOT_WRITABLE: &str = "DoPut takes a product's PATH descriptor (publish a version), a Flight SQL ingest, or parameters for a prepared statement";
 
 /// The Flight SQL actions this front answers.
 const ACTIONS: &[&str] = &["CreatePreparedStatement", "ClosePreparedStatement"];
@@ -205,8 +205,8 @@ fn unpack<M: ProstMessageExt>(body: &[u8]) -> Result<M> {
 fn unsupported(type_url: &str) -> &'static str {
     match type_url.strip_prefix(TYPE_URL_PREFIX) {
         Some("CommandStatementSubstraitPlan") => "Flight SQL Substrait plans are not supported; send SQL text",
-        Some("CommandStatementUpdate") | Some("CommandPreparedStatementUpdate") | Some("CommandStatementIngest") => {
-            "Flight SQL updates and ingest are not supported: meshgate serves read-only output ports"
+        Some("CommandStatementUpdate") | Some("CommandPreparedStatementUpdate") => {
+            "Flight SQL updates are not supported: products change only by publishing a new version (DoPut on its path, or Flight SQL ingest)"
         }
         _ => "this Flight SQL command is not supported; send a statement, a prepared statement or a metadata command",
     }

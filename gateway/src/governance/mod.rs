@@ -330,6 +330,11 @@ impl Rules {
         self.policies.decide(p, Action::Admin, &Resource::Product(&attrs)).map(|v| v.allowed).unwrap_or(false)
     }
 
+    /// Whether `p` may publish a new version of `product` (the policies' `write` action).
+    pub fn write_verdict(&self, p: &Principal, product: &Product) -> Result<Verdict> {
+        Ok(self.policies.decide(p, Action::Write, &Resource::Product(&attrs(product)))?)
+    }
+
     /// Decides what `p` may read of `port`, building the governed table when allowed.
     pub fn grant(&self, state: &SessionState, p: &Principal, product: &Product, port: &Port) -> Result<Grant> {
         let attrs = attrs(product);

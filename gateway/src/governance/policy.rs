@@ -47,6 +47,8 @@ pub enum Action {
     Read,
     /// Read a column without its mask.
     ReadUnmasked,
+    /// Publish a new version of a product.
+    Write,
     /// Operate the gateway (e.g. reload); asked about the product `_governance/gateway`.
     Admin,
 }
@@ -57,6 +59,7 @@ impl Action {
             Action::Discover => "discover",
             Action::Read => "read",
             Action::ReadUnmasked => "read_unmasked",
+            Action::Write => "write",
             Action::Admin => "admin",
         }
     }

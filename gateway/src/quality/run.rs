@@ -21,7 +21,8 @@ use crate::access::read_only_plan;
 /// Name under which the checked table is registered; `{object}` in a `sql` rule stands for it.
 pub(crate) const TABLE: &str = "product";
 
-fn ident(s: &str) -> String {
+/// `s` as a quoted SQL identifier.
+pub(crate) fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
@@ -47,32 +48,11 @@ pub(crate) fn sql(rule: &Rule) -> String {
     let col = rule.column().map(ident).unwrap_or_default();
     let count_where =
         |cond: String| format!("SELECT COUNT(*) FILTER (WHERE {cond}) AS measured, COUNT(*) AS total FROM {t}");
+    if let Some(cond) = violation(rule) {
+        return count_where(cond);
+    }
     match &rule.check {
-        Check::NullValues => count_where(format!("{col} IS NULL")),
-        Check::MissingValues(values) => {
-            let mut conds = Vec::new();
-            if values.iter().any(Value::is_null) {
-                conds.push(format!("{col} IS NULL"));
-            }
-            conds.extend(listed(&col, values));
-            if conds.is_empty() { count_where("FALSE".into()) } else { count_where(conds.join(" OR ")) }
-        }
-        Check::InvalidValues { valid, pattern } => {
-            let mut bad = Vec::new();
-            if let Some(values) = valid {
-                bad.push(match listed(&col, values) {
-                    Some(l) => format!("NOT ({l})"),
-                    None => "TRUE".into(),
-                });
-            }
-            if let Some(p) = pattern {
-                bad.push(format!(
-                    "NOT regexp_like(CAST({col} AS VARCHAR), {})",
-                    literal(&Value::String(p.clone())).unwrap_or_default()
-                ));
-            }
-            count_where(format!("{col} IS NOT NULL AND ({})", bad.join(" OR ")))
-        }
+        Check::NullValues | Check::MissingValues(_) | Check::InvalidValues { .. } => count_where("FALSE".into()),
         Check::DuplicateValues(cols) => {
             let keys = cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
             format!(
@@ -93,6 +73,41 @@ pub(crate) fn sql(rule: &Rule) -> String {
             q
         }
         Check::Text => "SELECT NULL".into(),
+    }
+}
+
+/// The condition a row violates a column rule by (`nullValues`, `missingValues`,
+/// `invalidValues`), over [`TABLE`]; `None` for other rules and for a rule that no row can
+/// violate (an empty list of missing values).
+pub(crate) fn violation(rule: &Rule) -> Option<String> {
+    let col = rule.column().map(ident)?;
+    match &rule.check {
+        Check::NullValues => Some(format!("{col} IS NULL")),
+        Check::MissingValues(values) => {
+            let mut conds = Vec::new();
+            if values.iter().any(Value::is_null) {
+                conds.push(format!("{col} IS NULL"));
+            }
+            conds.extend(listed(&col, values));
+            (!conds.is_empty()).then(|| conds.join(" OR "))
+        }
+        Check::InvalidValues { valid, pattern } => {
+            let mut bad = Vec::new();
+            if let Some(values) = valid {
+                bad.push(match listed(&col, values) {
+                    Some(l) => format!("NOT ({l})"),
+                    None => "TRUE".into(),
+                });
+            }
+            if let Some(p) = pattern {
+                bad.push(format!(
+                    "NOT regexp_like(CAST({col} AS VARCHAR), {})",
+                    literal(&Value::String(p.clone())).unwrap_or_default()
+                ));
+            }
+            (!bad.is_empty()).then(|| format!("{col} IS NOT NULL AND ({})", bad.join(" OR ")))
+        }
+        _ => None,
     }
 }
 
@@ -121,26 +136,14 @@ pub(crate) async fn measure(
     rule: &Rule,
     limit: Duration,
 ) -> Result<f64, Error> {
-    // The session's only table: the product, in the default catalog and schema.
-    let schema = MemorySchemaProvider::new();
-    schema.register_table(TABLE.into(), table).map_err(|e| Error::Query(e.to_string()))?;
-    let catalog = MemoryCatalogProvider::new();
-    let defaults = &base.config().options().catalog;
-    catalog.register_schema(&defaults.default_schema, Arc::new(schema)).map_err(|e| Error::Query(e.to_string()))?;
-    let catalogs = MemoryCatalogProviderList::new();
-    catalogs.register_catalog(defaults.default_catalog.clone(), Arc::new(catalog));
-    let state = SessionStateBuilder::new_from_existing(base.clone())
-        .with_catalog_list(Arc::new(catalogs))
-        .with_table_functions(Default::default())
-        .build();
-    let ctx = SessionContext::new_with_state(state);
+    let ctx = session(base, table)?;
     let query = sql(rule);
     let run = async {
-        let plan = read_only_plan(&ctx.state(), &query).await.map_err(|e| Error::Query(e.to_string()))?;
-        let df = DataFrame::new(ctx.state(), plan);
-        let batches = df.collect().await.map_err(|e| {
-            tracing::warn!(rule = %rule.name, error = %e, "a quality check could not read the data");
-            Error::Read
+        let batches = collect(&ctx, &query).await.map_err(|e| {
+            if let Error::Read = e {
+                tracing::warn!(rule = %rule.name, "a quality check could not read the data");
+            }
+            e
         })?;
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         let batch = batches
@@ -159,6 +162,50 @@ pub(crate) async fn measure(
         Ok(if total == 0.0 { 0.0 } else { value * 100.0 / total })
     };
     tokio::time::timeout(limit, run).await.map_err(|_| Error::Timeout(limit))?
+}
+
+/// The values of the first (unsigned integer) column `query` returns over `table`, within
+/// `limit`; `None` when it cannot be run (the caller reports without them).
+pub(crate) async fn rows(
+    base: &SessionState,
+    table: Arc<dyn TableProvider>,
+    query: &str,
+    limit: Duration,
+) -> Option<Vec<u64>> {
+    let ctx = session(base, table).ok()?;
+    let batches = tokio::time::timeout(limit, collect(&ctx, query)).await.ok()?.ok()?;
+    let mut out = Vec::new();
+    for b in &batches {
+        let c = b.column(0).as_primitive_opt::<arrow::datatypes::UInt64Type>()?;
+        out.extend(c.iter().flatten());
+    }
+    Some(out)
+}
+
+/// Plans `query` read-only in `ctx` and runs it.
+async fn collect(ctx: &SessionContext, query: &str) -> Result<Vec<arrow::array::RecordBatch>, Error> {
+    let plan = read_only_plan(&ctx.state(), query).await.map_err(|e| Error::Query(e.to_string()))?;
+    DataFrame::new(ctx.state(), plan).collect().await.map_err(|e| {
+        tracing::debug!(error = %e, "a quality query failed");
+        Error::Read
+    })
+}
+
+/// A session whose only table is `table`, as [`TABLE`] in the default catalog and schema,
+/// with `base`'s settings and memory pool.
+fn session(base: &SessionState, table: Arc<dyn TableProvider>) -> Result<SessionContext, Error> {
+    let schema = MemorySchemaProvider::new();
+    schema.register_table(TABLE.into(), table).map_err(|e| Error::Query(e.to_string()))?;
+    let catalog = MemoryCatalogProvider::new();
+    let defaults = &base.config().options().catalog;
+    catalog.register_schema(&defaults.default_schema, Arc::new(schema)).map_err(|e| Error::Query(e.to_string()))?;
+    let catalogs = MemoryCatalogProviderList::new();
+    catalogs.register_catalog(defaults.default_catalog.clone(), Arc::new(catalog));
+    let state = SessionStateBuilder::new_from_existing(base.clone())
+        .with_catalog_list(Arc::new(catalogs))
+        .with_table_functions(Default::default())
+        .build();
+    Ok(SessionContext::new_with_state(state))
 }
 
 /// The first value of a numeric or boolean column, as a number (null counts as 0).

@@ -55,19 +55,26 @@ pub const MANIFESTS: &[(&str, &str)] = &[
     ("sales/_governance.yaml", include_str!("../../../mesh/sales/_governance.yaml")),
 ];
 
-/// A development user: (name, roles, attributes, clearance).
-pub type DevUser =
-    (&'static str, &'static [&'static str], &'static [(&'static str, &'static str)], Option<&'static str>);
+/// A development user: (name, roles, attributes, clearance, home domain).
+pub type DevUser = (
+    &'static str,
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+    Option<&'static str>,
+    Option<&'static str>,
+);
 
 /// Development users of the sample. Each one's password is `<name>-dev-password`.
 pub const DEV_USERS: &[DevUser] = &[
-    ("alice", &["analyst"], &[("region", "EMEA")], None),
-    ("bob", &["analyst"], &[("region", "AMER")], None),
-    ("carol", &["analyst", "privacy_officer", "finance", "sales_admin"], &[("region", "EMEA")], Some("restricted")),
-    ("dave", &["data_scientist"], &[], None),
-    ("erin", &["auditor"], &[], None),
-    ("olga", &["admin"], &[], None),
-    ("pat", &["analyst", "partner"], &[("region", "APAC")], None),
+    ("alice", &["analyst"], &[("region", "EMEA")], None, None),
+    ("bob", &["analyst"], &[("region", "AMER")], None, None),
+    ("carol", &["analyst", "privacy_officer", "finance", "sales_admin"], &[("region", "EMEA")], Some("restricted"), None),
+    ("dave", &["data_scientist"], &[], None, None),
+    ("erin", &["auditor"], &[], None, None),
+    ("olga", &["admin"], &[], None, None),
+    ("pat", &["analyst", "partner"], &[("region", "APAC")], None, None),
+    // A producer of the sales domain: publishes its products (the policies' `write`).
+    ("sam", &["producer"], &[], None, Some("sales")),
 ];
 
 /// Writes a development authentication setup into `dir` (kept when present): a random gateway
@@ -92,13 +99,14 @@ pub fn write_dev_auth(dir: &Path) -> Result<std::path::PathBuf> {
     let users_file = dir.join("users.yaml");
     if !users_file.exists() {
         let mut users = Users::default();
-        for (name, roles, attrs, clearance) in DEV_USERS {
+        for (name, roles, attrs, clearance, domain) in DEV_USERS {
             users.users.insert(
                 name.to_string(),
                 User {
                     password_hash: Users::hash(&format!("{name}-dev-password")),
                     roles: roles.iter().map(|r| r.to_string()).collect(),
                     clearance: clearance.map(str::to_string),
+                    domain: domain.map(str::to_string),
                     attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
                     ..User::default()
                 },
