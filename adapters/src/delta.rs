@@ -53,6 +53,9 @@ const AUTHOR: &str = "meshgate.author";
 const MODE: &str = "meshgate.mode";
 const ROWS: &str = "meshgate.rows";
 
+/// Attempts of a commit that may land on any version (a replace) when others commit at once.
+const COMMIT_RETRIES: usize = 15;
+
 /// The `delta` adapter.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct DeltaAdapter;
@@ -185,6 +188,17 @@ impl DeltaProductTable {
         Arc::new(Conformed { inner: scan, schema: Arc::clone(&self.schema) })
     }
 
+    /// Up to `limit` versions (all kept when `None`), newest first.
+    async fn commits(&self, limit: Option<usize>) -> Result<Vec<VersionInfo>> {
+        let table = self.table().await?;
+        let Some(latest) = table.version() else {
+            return Ok(Vec::new());
+        };
+        let commits: Vec<_> = table.history(limit).try_collect().await.map_err(|e| self.failed(&e))?;
+        // Newest first, one per version from the latest down.
+        Ok(commits.iter().enumerate().map(|(i, c)| info(latest.saturating_sub(i as u64), c)).collect())
+    }
+
     async fn table(&self) -> Result<DeltaTable> {
         let mut table = DeltaTable::new(Arc::clone(&self.log_store));
         match table.load().await {
@@ -245,34 +259,33 @@ impl Versioned for DeltaProductTable {
     }
 
     async fn history(&self, limit: usize) -> Result<Vec<VersionInfo>> {
-        let table = self.table().await?;
-        let Some(latest) = table.version() else {
-            return Ok(Vec::new());
-        };
-        let commits: Vec<_> = table.history(Some(limit)).try_collect().await.map_err(|e| self.failed(&e))?;
-        // Newest first, one per version from the latest down.
-        Ok(commits.iter().enumerate().map(|(i, c)| info(latest.saturating_sub(i as u64), c)).collect())
+        self.commits(Some(limit)).await
     }
 
     async fn at(&self, pin: VersionPin) -> Result<(Arc<dyn TableProvider>, u64)> {
         let version = match pin {
             VersionPin::Version(v) => v,
             VersionPin::AsOf(ms) => {
-                let at = chrono::DateTime::from_timestamp_millis(ms)
-                    .ok_or_else(|| Error::NotFound(format!("time {ms} ms is out of range")))?;
-                let mut table = self.table().await?;
-                if table.version().is_none() {
+                // By the commit times `history` (and so `describe`) shows: the newest version
+                // committed at or before `ms`.
+                let when = chrono::DateTime::from_timestamp_millis(ms)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                    .unwrap_or_else(|| format!("{ms} ms"));
+                let all = self.commits(None).await?;
+                if all.is_empty() {
                     return Err(Error::NotFound("no version exists yet".into()));
                 }
-                match table.load_with_datetime(at).await {
-                    Ok(()) => table.version().unwrap_or_default(),
-                    Err(e) => {
-                        tracing::info!(location = %self.location, error = %e, "no version at the time asked for");
-                        return Err(Error::NotFound(format!("no version was committed at or before {}", at.to_rfc3339())));
-                    }
-                }
+                all.iter()
+                    .find(|v| v.committed_ms.is_some_and(|c| c <= ms))
+                    .map(|v| v.version)
+                    .ok_or_else(|| Error::NotFound(format!("no version was committed at or before {when}")))?
             }
         };
+        // The latest version read is planned already.
+        let cached = self.current.lock().await.as_ref().filter(|(v, _)| *v == version).map(|(_, s)| Arc::clone(s));
+        if let Some(scan) = cached {
+            return Ok((self.served(scan), version));
+        }
         let (version, scan) =
             self.load(Some(version)).await?.ok_or_else(|| Error::NotFound("no version exists yet".into()))?;
         Ok((self.served(scan), version))
@@ -280,12 +293,21 @@ impl Versioned for DeltaProductTable {
 
     async fn commit(&self, batches: Vec<RecordBatch>, note: CommitNote) -> Result<u64> {
         let _one = self.commits.lock().await;
-        let table = self.table().await?;
+        let table = match note.base {
+            Some(base) => {
+                let mut t = DeltaTable::new(Arc::clone(&self.log_store));
+                t.load_version(base).await.map_err(|e| self.failed(&e))?;
+                t
+            }
+            None => self.table().await?,
+        };
         let mode = match note.mode {
             WriteMode::Append => SaveMode::Append,
             WriteMode::Replace => SaveMode::Overwrite,
         };
-        let properties = CommitProperties::default().with_metadata([
+        // Checked against `base`: committed as the version after it, never rebased onto a newer one.
+        let retries = if note.base.is_some() { 0 } else { COMMIT_RETRIES };
+        let properties = CommitProperties::default().with_max_retries(retries).with_metadata([
             (AUTHOR.to_string(), serde_json::Value::from(note.author.clone())),
             (MODE.to_string(), serde_json::Value::from(note.mode.name())),
             (ROWS.to_string(), serde_json::Value::from(note.rows)),
@@ -294,7 +316,7 @@ impl Versioned for DeltaProductTable {
             tracing::warn!(location = %self.location, error = %e, "a Delta commit failed");
             Error::Write(match e {
                 DeltaTableError::Transaction { .. } | DeltaTableError::VersionAlreadyExists(_) => {
-                    "another publish committed first; publish again".into()
+                    "another publish committed first (its rules were checked on an older version); publish again".into()
                 }
                 _ => "the table's storage refused the write; nothing was committed".into(),
             })
@@ -449,7 +471,7 @@ mod tests {
     }
 
     fn note(rows: u64, mode: WriteMode) -> CommitNote {
-        CommitNote { author: "sam".into(), mode, rows }
+        CommitNote { author: "sam".into(), mode, rows, base: None }
     }
 
     #[tokio::test]
@@ -467,6 +489,10 @@ mod tests {
 
         assert_eq!(versions.commit(vec![batch(&[1, 2, 3])], note(3, WriteMode::Append)).await.unwrap(), 0);
         assert_eq!(versions.commit(vec![batch(&[4])], note(1, WriteMode::Append)).await.unwrap(), 1);
+        // A commit checked against version 0 cannot land on top of version 1.
+        let stale = CommitNote { base: Some(0), ..note(1, WriteMode::Append) };
+        let e = versions.commit(vec![batch(&[5])], stale).await.unwrap_err().to_string();
+        assert!(e.contains("another publish committed first"), "{e}");
         assert_eq!(count(Arc::clone(&opened.table)).await.unwrap(), 4);
         assert_eq!(versions.commit(vec![batch(&[9])], note(1, WriteMode::Replace)).await.unwrap(), 2);
         assert_eq!(count(Arc::clone(&opened.table)).await.unwrap(), 1);
@@ -481,6 +507,9 @@ mod tests {
         assert_eq!(history[2].rows, Some(3));
         let (now, latest) = versions.at(VersionPin::AsOf(i64::MAX / 1_000_000)).await.unwrap();
         assert_eq!((count(now).await.unwrap(), latest), (1, 2));
+        let first = history[2].committed_ms.unwrap();
+        assert_eq!(versions.at(VersionPin::AsOf(first)).await.unwrap().1, 0);
+        assert!(matches!(versions.at(VersionPin::AsOf(first - 1)).await, Err(Error::NotFound(_))));
 
         // Files written without a commit (a writer killed before its log entry) are not read.
         let stray = dir.path().join("table/part-stray.parquet");

@@ -348,6 +348,10 @@ pub struct CommitNote {
     pub mode: WriteMode,
     /// Rows written.
     pub rows: u64,
+    /// The version the publish was checked against: the commit becomes the version after it,
+    /// or fails ([`Error::Write`]) when another commit got there first. `None`: on top of
+    /// whatever is latest.
+    pub base: Option<u64>,
 }
 
 /// Storage that keeps versions of a product's data and accepts new ones.

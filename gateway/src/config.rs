@@ -111,6 +111,28 @@ pub struct GatewayConfig {
     #[arg(long, env = "MESHGATE_AUDIT_FAIL_OPEN")]
     pub audit_fail_open: bool,
 
+    /// OpenLineage HTTP endpoint every read and publish is reported to as run events (e.g.
+    /// Marquez's `http://marquez:5000/api/v1/lineage`). Delivery never holds up a read.
+    #[arg(long, env = "MESHGATE_LINEAGE_URL")]
+    pub lineage_url: Option<String>,
+
+    /// Bearer token sent to --lineage-url.
+    #[arg(long, env = "MESHGATE_LINEAGE_API_KEY", hide_env_values = true)]
+    pub lineage_api_key: Option<String>,
+
+    /// File each OpenLineage run event is appended to, one JSON object per line.
+    #[arg(long, env = "MESHGATE_LINEAGE_FILE")]
+    pub lineage_file: Option<PathBuf>,
+
+    /// OpenLineage namespace of the jobs (consumers) and datasets (products) reported.
+    #[arg(long, env = "MESHGATE_LINEAGE_NAMESPACE", default_value = "meshgate")]
+    pub lineage_namespace: String,
+
+    /// Lineage events that may wait for delivery; more are dropped and counted
+    /// (`meshgate_lineage_events{outcome="dropped"}`).
+    #[arg(long, env = "MESHGATE_LINEAGE_QUEUE", default_value_t = crate::lineage::DEFAULT_QUEUE)]
+    pub lineage_queue: usize,
+
     /// Name of this replica in audit records.
     #[arg(long, env = "MESHGATE_REPLICA", default_value = "meshgate-0")]
     pub replica: String,
@@ -238,6 +260,11 @@ impl GatewayConfig {
             no_storage_pushdown: false,
             auth: None,
             insecure_no_auth: true,
+            lineage_url: None,
+            lineage_api_key: None,
+            lineage_file: None,
+            lineage_namespace: "meshgate".into(),
+            lineage_queue: crate::lineage::DEFAULT_QUEUE,
             audit_log: None,
             audit_segment_size: 64 << 20,
             audit_wait: Duration::from_secs(5),

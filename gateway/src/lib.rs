@@ -13,6 +13,7 @@
 //! - [`auth`]: who is calling (JWT, Basic via Handshake), as a tower layer on every call.
 //! - [`governance`]: Cedar policies, masks, row filters and the governed table.
 //! - [`audit`]: the hash-chained audit log.
+//! - [`lineage`]: OpenLineage run events of every read and publish (HTTP, JSON lines).
 //! - [`catalog`]: manifests, validation, reload on change.
 //! - [`capped`]: functions that allocate by argument, capped by the memory limit.
 //! - [`query`]: read requests (path, JSON query, ticket) and their DataFusion plans.
@@ -24,7 +25,8 @@
 //!   layer that counts, times and traces every call.
 //! - [`telemetry`]: logs, and OpenTelemetry export of each call's span over OTLP.
 //! - [`text`]: bounding values echoed in errors and logs.
-//! - [`net`]: socket options on accepted connections (`TCP_NODELAY`, keep-alive).
+//! - [`net`]: socket options on accepted connections (`TCP_NODELAY`, keep-alive) and the TLS
+//!   crypto provider.
 //! - [`sample`]: the bundled sample mesh and its data generator.
 //!
 //! The design is in `docs/architecture.md`.
@@ -38,6 +40,7 @@ pub mod config;
 pub mod flight;
 pub mod governance;
 pub mod http;
+pub mod lineage;
 pub mod metrics;
 pub mod net;
 pub mod quality;

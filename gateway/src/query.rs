@@ -24,6 +24,8 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, visit_expressions};
 use serde::Deserialize;
 
+use meshgate_adapters::VersionPin;
+
 use crate::catalog::{Port, Product};
 
 /// Result with the query module's [`Error`].
@@ -34,9 +36,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The descriptor's path has the wrong shape.
     #[error(
-        "a path descriptor is [\"<domain>\", \"<product>\"] with an optional third element naming a port or version; got {0} elements"
+        "a path descriptor is [\"<domain>\", \"<product>\"], then optionally a port's name or version, then optionally \"@<data version>\" or \"@<RFC 3339 time>\"; got {0} elements"
     )]
     BadPath(usize),
+    /// A pinned data version (`@...` on a path, `version`/`as_of` in JSON) is not readable.
+    #[error(
+        "`{0}` pins no data version; give a version number (path: \"@12\", JSON: \"version\": 12) or an RFC 3339 time (path: \"@2026-11-22T10:00:00Z\", JSON: \"as_of\": \"2026-11-22T10:00:00Z\")"
+    )]
+    BadVersion(String),
     /// A path element or query field is not valid UTF-8.
     #[error("{0} is not valid UTF-8")]
     NotUtf8(&'static str),
@@ -135,6 +142,10 @@ pub struct ReadSpec {
     /// Refuse the read when the product's data last changed longer ago than this (JSON
     /// `"max_staleness": "1h"`); checked when the read is planned.
     pub max_staleness: Option<std::time::Duration>,
+    /// The version of the product's data to read (JSON `"version"` or `"as_of"`, a path's last
+    /// element `@<version>` or `@<time>`); `None`: the latest. Products whose storage keeps
+    /// versions (Delta) only.
+    pub version: Option<VersionPin>,
 }
 
 /// Arrow IPC message body compression a read may ask for.
@@ -193,17 +204,45 @@ struct JsonQuery {
     compression: Option<String>,
     #[serde(default)]
     max_staleness: Option<String>,
+    #[serde(default)]
+    version: Option<u64>,
+    #[serde(default)]
+    as_of: Option<String>,
+}
+
+/// A pinned version as a path writes it after `@`: a number, or an RFC 3339 time.
+fn parse_pin(text: &str) -> Result<VersionPin> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map(VersionPin::Version).map_err(|_| Error::BadVersion(crate::text::clip(text)));
+    }
+    parse_time(text)
+}
+
+fn parse_time(text: &str) -> Result<VersionPin> {
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| VersionPin::AsOf(t.timestamp_millis()))
+        .map_err(|_| Error::BadVersion(crate::text::clip(text)))
 }
 
 impl ReadSpec {
     /// The whole default (or named) port of a product, from a PATH descriptor.
+    /// A last element `@<version>` or `@<RFC 3339 time>` pins the data version.
     pub fn from_path(path: &[String]) -> Result<Self> {
+        let (path, version) = match path.split_last() {
+            Some((last, rest)) if rest.len() >= 2 && last.starts_with('@') => (rest, Some(parse_pin(&last[1..])?)),
+            _ => (path, None),
+        };
         match path {
-            [d, p] => Ok(Self { domain: d.clone(), product: p.clone(), ..Self::default() }),
-            [d, p, port] => {
-                Ok(Self { domain: d.clone(), product: p.clone(), port: Some(port.clone()), ..Self::default() })
-            }
-            other => Err(Error::BadPath(other.len())),
+            [d, p] => Ok(Self { domain: d.clone(), product: p.clone(), version, ..Self::default() }),
+            [d, p, port] => Ok(Self {
+                domain: d.clone(),
+                product: p.clone(),
+                port: Some(port.clone()),
+                version,
+                ..Self::default()
+            }),
+            _ => Err(Error::BadPath(path.len() + usize::from(version.is_some()))),
         }
     }
 
@@ -258,6 +297,16 @@ impl ReadSpec {
                     ))
                 })?),
                 None => None,
+            },
+            version: match (q.version, q.as_of) {
+                (Some(_), Some(_)) => {
+                    return Err(Error::BadQuery(
+                        "give `version` or `as_of`, not both: a read pins one version of the data".into(),
+                    ));
+                }
+                (Some(v), None) => Some(VersionPin::Version(v)),
+                (None, Some(t)) => Some(parse_time(&t)?),
+                (None, None) => None,
             },
         })
     }
@@ -557,5 +606,23 @@ mod tests {
     fn paths() {
         assert!(ReadSpec::from_path(&["a".into()]).is_err());
         assert_eq!(ReadSpec::from_path(&["a".into(), "b".into(), "v1".into()]).unwrap().port.as_deref(), Some("v1"));
+    }
+
+    #[test]
+    fn pinned_versions() {
+        let path = |p: &[&str]| ReadSpec::from_path(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let s = path(&["a", "b", "@12"]).unwrap();
+        assert_eq!((s.port, s.version), (None, Some(VersionPin::Version(12))));
+        let s = path(&["a", "b", "v1", "@2026-11-22T10:00:00Z"]).unwrap();
+        assert_eq!((s.port.as_deref(), s.version), (Some("v1"), Some(VersionPin::AsOf(1_795_341_600_000))));
+        assert!(matches!(path(&["a", "b", "@yesterday"]), Err(Error::BadVersion(_))));
+        assert!(matches!(path(&["a", "b", "v1", "x", "@1"]), Err(Error::BadPath(5))));
+        let s = ReadSpec::from_json(br#"{"product":"a/b","version":3}"#).unwrap();
+        assert_eq!(s.version, Some(VersionPin::Version(3)));
+        let s = ReadSpec::from_json(br#"{"product":"a/b","as_of":"2026-11-22T11:00:00+01:00"}"#).unwrap();
+        assert_eq!(s.version, Some(VersionPin::AsOf(1_795_341_600_000)));
+        assert!(matches!(ReadSpec::from_json(br#"{"product":"a/b","as_of":"noon"}"#), Err(Error::BadVersion(_))));
+        let both = ReadSpec::from_json(br#"{"product":"a/b","version":1,"as_of":"2026-11-22T10:00:00Z"}"#);
+        assert!(both.unwrap_err().to_string().contains("not both"));
     }
 }

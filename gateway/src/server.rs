@@ -63,6 +63,9 @@ pub enum Error {
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] crate::audit::Error),
+    /// Lineage emission could not be set up.
+    #[error(transparent)]
+    Lineage(#[from] crate::lineage::Error),
 }
 
 /// How long calls that finished get to hand over their records at shutdown.
@@ -80,6 +83,7 @@ pub struct Gateway {
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     grace: std::time::Duration,
     audit: Option<Arc<AuditLog>>,
+    lineage: Option<Arc<crate::lineage::Lineage>>,
     /// Ends running streams at shutdown, after the grace period.
     stop: tokio::sync::watch::Sender<bool>,
     _watcher: Option<CatalogWatcher>,
@@ -243,6 +247,18 @@ impl Gateway {
             .with_stop(stopped)
             .with_metrics(Arc::clone(&metrics))
             .with_quality(Arc::clone(&quality));
+        let lineage = crate::lineage::Lineage::start(crate::lineage::LineageOptions {
+            url: config.lineage_url.clone(),
+            api_key: config.lineage_api_key.clone(),
+            file: config.lineage_file.clone(),
+            namespace: config.lineage_namespace.clone(),
+            queue: config.lineage_queue,
+            timeout: std::time::Duration::from_secs(5),
+        })
+        .await?;
+        if let Some(l) = &lineage {
+            core = core.with_lineage(Arc::clone(l));
+        }
         // The governance records are products where governance runs (with authentication).
         if let Some(log) = &audit {
             core = core
@@ -390,6 +406,7 @@ impl Gateway {
             task,
             grace: config.shutdown_grace,
             audit,
+            lineage,
             stop,
             _watcher: watcher,
             _retry: retry,
@@ -442,6 +459,9 @@ impl Gateway {
                 log.end_open_calls().await;
             }
             log.close().await;
+        }
+        if let Some(lineage) = &self.lineage {
+            lineage.close(ENDING).await;
         }
         if overran {
             self.task.abort();

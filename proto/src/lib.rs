@@ -47,6 +47,7 @@ mod tests {
                 columns: vec!["a".into()],
                 filter: "a > 1".into(),
                 limit: Some(5),
+                version: None,
             })),
             resources: vec![ResourceRead {
                 domain: "sales".into(),
@@ -74,6 +75,9 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(hex(&sql.encode_to_vec()), "82010a0a0853454c4543542031");
+        // Field 7 of a product read (a pinned data version): `38 03`.
+        let pinned = ProductRead { version: Some(3), ..Default::default() };
+        assert_eq!(hex(&pinned.encode_to_vec()), "3803");
         // Field 19 (a shard's pinned files): `9a 01`, then each file's path, size and range.
         let shard = TicketClaims {
             shard_files: vec![PinnedFile { path: "p".into(), size: 3, range_start: Some(0), range_end: Some(5) }],

@@ -156,6 +156,24 @@ pub enum Error {
     /// A statement's parameters are missing, too many, or of the wrong type.
     #[error("{0}")]
     Parameters(String),
+    /// A read pins a data version of a product whose storage keeps none.
+    #[error(
+        "`{product}` keeps no versions of its data (its storage is `{adapter}`); leave out the pinned version to read the current data"
+    )]
+    NotVersioned {
+        /// `domain/product`.
+        product: String,
+        /// The storage kind.
+        adapter: String,
+    },
+    /// The pinned data version does not exist (or is no longer kept).
+    #[error("`{product}`: {message}; the `describe` action lists the versions kept")]
+    NoVersion {
+        /// `domain/product`.
+        product: String,
+        /// What was not found.
+        message: String,
+    },
     /// A publish was refused or failed; nothing was written.
     #[error(transparent)]
     Publish(#[from] super::publish::PublishError),
@@ -218,6 +236,7 @@ pub(crate) fn to_status(e: &Error) -> Status {
         },
         Error::Query(q) => match q {
             Q::BadPath(_)
+            | Q::BadVersion(_)
             | Q::NotUtf8(_)
             | Q::BadQuery(_)
             | Q::BadProduct(_)
@@ -236,7 +255,8 @@ pub(crate) fn to_status(e: &Error) -> Status {
             T::WeakKey(_) => internal("the ticket key is misconfigured"),
         },
         Error::StaleTicket { .. } | Error::ShardChanged { .. } | Error::Stale(_) => Status::failed_precondition(msg),
-        Error::Unshardable(_) => Status::invalid_argument(msg),
+        Error::Unshardable(_) | Error::NotVersioned { .. } => Status::invalid_argument(msg),
+        Error::NoVersion { .. } => Status::not_found(msg),
         Error::BadDescriptor(_) | Error::BadAction(_) | Error::BadOption(_) => Status::invalid_argument(msg),
         Error::Unsupported(_) => Status::new(Code::Unimplemented, msg),
         Error::Execution { product, source } if product.contains('/') => {
@@ -351,6 +371,7 @@ mod tests {
         assert_eq!(c(catalog::Error::MeshUnreadable("x".into())), Code::Internal);
         let q = |e: query::Error| code(Error::Query(e));
         assert_eq!(q(query::Error::BadPath(1)), Code::InvalidArgument);
+        assert_eq!(q(query::Error::BadVersion("x".into())), Code::InvalidArgument);
         assert_eq!(q(query::Error::BadQuery("x".into())), Code::InvalidArgument);
         assert_eq!(q(query::Error::FilterNotAllowed("subqueries")), Code::InvalidArgument);
         assert_eq!(q(query::Error::FilterNotBoolean(arrow::datatypes::DataType::Int64)), Code::InvalidArgument);
@@ -381,6 +402,8 @@ mod tests {
         assert_eq!(code(Error::GovernanceRefused("x".into())), Code::Internal);
         assert_eq!(code(Error::Shard { index: 1, count: 2 }), Code::InvalidArgument);
         assert_eq!(code(Error::Unshardable("x".into())), Code::InvalidArgument);
+        assert_eq!(code(Error::NotVersioned { product: "a/b".into(), adapter: "files".into() }), Code::InvalidArgument);
+        assert_eq!(code(Error::NoVersion { product: "a/b".into(), message: "x".into() }), Code::NotFound);
         assert_eq!(code(Error::ShardChanged { product: "a/b".into() }), Code::FailedPrecondition);
         assert_eq!(code(Error::Stale("x".into())), Code::FailedPrecondition);
         assert_eq!(code(Error::Parameters("x".into())), Code::InvalidArgument);

@@ -133,6 +133,7 @@ impl Drop for Executor {
 pub(crate) fn audited(
     inner: impl Stream<Item = Result<RecordBatch, DataFusionError>> + Send + 'static,
     token: Option<AuditToken>,
+    lineage: Option<crate::lineage::Run>,
     served: Option<StreamMetrics>,
     label: String,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -141,6 +142,9 @@ pub(crate) fn audited(
     struct Reading<S> {
         inner: std::pin::Pin<Box<S>>,
         token: Option<AuditToken>,
+        /// Ends with the stream: COMPLETE, FAIL, or ABORT when dropped mid-stream.
+        lineage: Option<crate::lineage::Run>,
+        delivered: crate::lineage::Delivered,
         served: Option<StreamMetrics>,
         label: String,
         stop: tokio::sync::watch::Receiver<bool>,
@@ -159,7 +163,16 @@ pub(crate) fn audited(
             std::future::pending::<()>().await;
         }
     }
-    let state = Some(Reading { inner: Box::pin(inner), token, served, label, stop, _permit: permit });
+    let state = Some(Reading {
+        inner: Box::pin(inner),
+        token,
+        lineage,
+        delivered: Default::default(),
+        served,
+        label,
+        stop,
+        _permit: permit,
+    });
     futures::stream::unfold(state, |state| async move {
         let mut r = state?;
         let next = tokio::select! {
@@ -167,6 +180,9 @@ pub(crate) fn audited(
             () = stopped(&mut r.stop) => {
                 let e = Error::ShuttingDown;
                 let status = tonic::Status::unavailable(e.to_string());
+                if let Some(run) = r.lineage.take() {
+                    run.fail(status.message());
+                }
                 let _ = finish(r.token.take(), Some(&status)).await;
                 return Some((Err(e), None));
             }
@@ -181,18 +197,28 @@ pub(crate) fn audited(
                 if let Some(m) = &r.served {
                     m.add(rows, bytes);
                 }
+                r.delivered.rows += rows;
+                r.delivered.bytes += bytes;
                 Some((Ok(b), Some(r)))
             }
             Some(Err(e)) => {
                 let e = Error::execution(r.label.clone(), e);
                 let status = tonic::Status::aborted("the read failed");
+                if let Some(run) = r.lineage.take() {
+                    run.fail(super::error::to_status(&e).message());
+                }
                 let _ = finish(r.token.take(), Some(&status)).await;
                 Some((Err(e), None))
             }
-            None => match finish(r.token.take(), None).await {
-                Ok(()) => None,
-                Err(e) => Some((Err(e), None)),
-            },
+            None => {
+                if let Some(run) = r.lineage.take() {
+                    run.complete(r.delivered);
+                }
+                match finish(r.token.take(), None).await {
+                    Ok(()) => None,
+                    Err(e) => Some((Err(e), None)),
+                }
+            }
         }
     })
 }

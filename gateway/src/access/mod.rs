@@ -36,7 +36,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
+use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList, TableProvider};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
@@ -45,10 +45,11 @@ use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use meshgate_adapters::VersionPin;
 use meshgate_adapters::flight::Caller;
 use meshgate_proto::v1::ticket_claims::Read;
 use meshgate_proto::v1::{PinnedFile, TicketClaims};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 mod describe;
@@ -180,6 +181,9 @@ pub struct AccessCore {
     reloads: crate::metrics::ReloadStats,
     usage: Arc<usage::UsageCache>,
     quality: Arc<crate::quality::Quality>,
+    lineage: Option<Arc<crate::lineage::Lineage>>,
+    /// One lock per port published to, held from a publish's checks to its commit.
+    publishing: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for AccessCore {
@@ -204,6 +208,7 @@ pub struct CoreBuilder {
     stop: tokio::sync::watch::Receiver<bool>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
     quality: Arc<crate::quality::Quality>,
+    lineage: Option<Arc<crate::lineage::Lineage>>,
 }
 
 impl std::fmt::Debug for CoreBuilder {
@@ -253,6 +258,12 @@ impl CoreBuilder {
         self
     }
 
+    /// Emits an OpenLineage run for every read that starts streaming and every publish.
+    pub fn with_lineage(mut self, lineage: Arc<crate::lineage::Lineage>) -> Self {
+        self.lineage = Some(lineage);
+        self
+    }
+
     /// Uses `now` as the clock for tickets (tests).
     pub fn with_clock(mut self, now: fn() -> SystemTime) -> Self {
         self.now = now;
@@ -283,6 +294,8 @@ impl CoreBuilder {
             reloads: Default::default(),
             usage: Default::default(),
             quality: self.quality,
+            lineage: self.lineage,
+            publishing: Default::default(),
         });
         let report = core.reload().await?;
         if let Some(problem) = report.governance_problem {
@@ -306,6 +319,7 @@ impl AccessCore {
             stop: tokio::sync::watch::channel(false).1,
             metrics: None,
             quality: Default::default(),
+            lineage: None,
         }
     }
 
@@ -416,15 +430,7 @@ impl AccessCore {
                 masks: g
                     .masks
                     .iter()
-                    .map(|(c, s)| {
-                        (
-                            c.clone(),
-                            serde_json::to_value(s)
-                                .ok()
-                                .and_then(|v| v.as_str().map(str::to_string))
-                                .unwrap_or_default(),
-                        )
-                    })
+                    .map(|(c, s)| (c.clone(), s.name().to_string()))
                     .collect(),
                 filtered: !g.row_filters.is_empty(),
             },
@@ -443,11 +449,27 @@ impl AccessCore {
         let mut out = self.describe(p, (domain.clone(), name.clone(), port.clone()))?;
         let snapshot = self.snapshot();
         let visible = |_: &str, _: &str, prod: Option<&Product>| snapshot.visible(p, prod);
-        if let Ok((product, port)) = snapshot.catalog.resolve_visible(&domain, &name, port.as_deref(), &visible)
-            && let Value::Object(t) = self.trust_json(&product, &port).await
+        let Ok((product, port)) = snapshot.catalog.resolve_visible(&domain, &name, port.as_deref(), &visible) else {
+            return Ok(out);
+        };
+        if let Value::Object(t) = self.trust_json(&product, &port).await
             && let Some(Value::Object(contract)) = out.get_mut("contract")
         {
             contract.extend(t);
+        }
+        // Versions are shown to those who may read them (a pinned read names one); row counts
+        // only to those who see every row.
+        let grant = self.decisions.grant(&snapshot, p, &product, &port).ok().flatten();
+        let readable = grant.as_ref().is_none_or(|g| g.table.is_some());
+        if let (Some(versions), true) = (&port.versions, readable) {
+            let all_rows = grant.as_ref().is_none_or(|g| g.row_filters.is_empty());
+            out["versions"] = match versions.history(DESCRIBED_VERSIONS).await {
+                Ok(list) => Value::Array(list.iter().map(|v| version_json(v, all_rows)).collect()),
+                Err(e) => {
+                    tracing::info!(product = %product.address(), error = %e, "versions could not be listed");
+                    json!({"error": "the versions cannot be listed right now"})
+                }
+            };
         }
         Ok(out)
     }
@@ -507,6 +529,11 @@ impl AccessCore {
     /// Reloads that put a catalog in force, reloads that failed, products the last one refused.
     pub fn reload_stats(&self) -> (u64, u64, u64) {
         self.reloads.get()
+    }
+
+    /// Lineage events `(sent, dropped, failed)`, when lineage is reported.
+    pub fn lineage_counts(&self) -> Option<(u64, u64, u64)> {
+        self.lineage.as_ref().map(|l| l.counts())
     }
 
     /// Hits and misses of the policy-decision cache.
@@ -702,7 +729,7 @@ impl AccessCore {
     pub async fn read_ticket(self: &Arc<Self>, call: &Call, ticket: &[u8], offset: Option<u64>) -> Result<ReadStream> {
         let mut token = self.begin(call)?;
         match self.redeem(call, ticket, token.as_mut()).await {
-            Ok((plan, shard, pinned)) => self.run(plan, shard, pinned, offset, token).await,
+            Ok((plan, shard, pinned)) => self.run(call, plan, shard, pinned, offset, token).await,
             Err(e) => Err(fail(token, e).await),
         }
     }
@@ -716,7 +743,7 @@ impl AccessCore {
         if let Some(t) = token.as_mut() {
             note(t, &plan, None);
         }
-        self.run(plan, shard, None, None, token).await
+        self.run(call, plan, shard, None, None, token).await
     }
 
     /// Runs `work` for the caller and records its outcome durably before returning it.
@@ -776,6 +803,7 @@ impl AccessCore {
     /// to leave, and returns the audited stream.
     async fn run(
         &self,
+        call: &Call,
         plan: AuthorizedPlan,
         shard: Shard,
         pinned: Option<Vec<PinnedFile>>,
@@ -790,6 +818,11 @@ impl AccessCore {
         let label = plan.label();
         let statement = matches!(plan.request, ReadRequest::Sql(_));
         let mut resources = plan.audit_resources();
+        let mut inputs = self.lineage.as_ref().map(|_| plan.lineage_datasets());
+        let sql = match (&plan.request, &self.lineage) {
+            (ReadRequest::Sql(read), Some(_)) => Some(read.query.clone()),
+            _ => None,
+        };
         let served = self.metrics.as_ref().map(|m| {
             let products: Vec<String> = resources.iter().map(|r| format!("{}/{}", r.domain, r.product)).collect();
             m.stream(&products, &plan.principal.subject)
@@ -829,11 +862,29 @@ impl AccessCore {
             t.resources(&resources);
             t.started().await?;
         }
+        let lineage = match (&self.lineage, inputs.as_mut()) {
+            (Some(l), Some(inputs)) => {
+                for d in inputs.iter_mut() {
+                    let address = format!("{}/{}", d.domain, d.product);
+                    if let Some((_, columns)) = read.iter().find(|(source, _)| *source == address) {
+                        d.columns.clone_from(columns);
+                    }
+                }
+                let job = crate::lineage::Job {
+                    kind: "READ",
+                    principal: call.principal.clone(),
+                    client: call.client.clone(),
+                    sql,
+                };
+                Some(l.begin(job, std::mem::take(inputs), Vec::new()))
+            }
+            _ => None,
+        };
         let batches = match offset {
             Some(n) => exec::skip(batches, n).boxed(),
             None => batches.boxed(),
         };
-        let batches = exec::audited(batches, token, served, label.clone(), self.stop.clone(), permit).boxed();
+        let batches = exec::audited(batches, token, lineage, served, label.clone(), self.stop.clone(), permit).boxed();
         Ok(ReadStream { schema, label, batches, compression })
     }
 
@@ -856,9 +907,14 @@ impl AccessCore {
         request: ReadRequest,
     ) -> Result<AuthorizedPlan> {
         let view = Arc::new(PrincipalView::new(Arc::clone(snapshot), p.clone(), Arc::clone(&self.decisions)));
+        let mut data_version = None;
         let (df, schema, parameters) = match &request {
             ReadRequest::Product(spec) => {
-                let (table, r) = view.resolve(&spec.domain, &spec.product, spec.port.as_deref())?;
+                let (mut table, r) = view.resolve(&spec.domain, &spec.product, spec.port.as_deref())?;
+                if let Some(pin) = spec.version {
+                    let (pinned, version) = at_version(&r, pin).await?;
+                    (table, data_version) = (pinned, Some(version));
+                }
                 let ctx = SessionContext::new_with_state(
                     SessionStateBuilder::new_from_existing(self.ctx.state()).with_config(self.read_config(&p)).build(),
                 );
@@ -875,6 +931,7 @@ impl AccessCore {
             parameters,
             reads: view.take_resolved(),
             generation: snapshot.generation,
+            data_version,
         })
     }
 
@@ -931,6 +988,48 @@ impl AccessCore {
         let schema = Arc::new(df.schema().as_arrow().clone());
         Ok((df, schema, parameters))
     }
+}
+
+/// Versions `describe` lists, newest first.
+const DESCRIBED_VERSIONS: usize = 50;
+
+/// One version as `describe` lists it; `rows` only when the caller sees every row.
+fn version_json(v: &meshgate_adapters::VersionInfo, rows: bool) -> Value {
+    let committed = v
+        .committed_ms
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    let mut out = json!({
+        "version": v.version,
+        "committed": committed,
+        "operation": v.operation,
+        "author": v.author,
+        "mode": v.mode,
+    });
+    if rows {
+        out["rows"] = json!(v.rows);
+    }
+    out
+}
+
+/// The table `r` as the caller sees it (the same columns, masks and row filters), over the
+/// version of its data `pin` names, and that version's number.
+async fn at_version(r: &Resolved, pin: VersionPin) -> Result<(Arc<dyn TableProvider>, u64)> {
+    let product = r.product.address();
+    let Some(versions) = &r.port.versions else {
+        return Err(Error::NotVersioned { product, adapter: r.port.binding.kind().to_string() });
+    };
+    let (data, version) = versions.at(pin).await.map_err(|e| match e {
+        meshgate_adapters::Error::NotFound(message) => Error::NoVersion { product: product.clone(), message },
+        other => Error::execution(&product, DataFusionError::External(Box::new(other))),
+    })?;
+    let table: Arc<dyn TableProvider> = match r.grant.as_ref().map(|g| &g.table) {
+        None => data,
+        Some(Some(governed)) => Arc::new(governed.over(data).map_err(|e| Error::execution(&product, e))?),
+        // Resolving refused it already.
+        Some(None) => return Err(Error::Internal("a pinned read of a table the caller may not read".into())),
+    };
+    Ok((table, version))
 }
 
 /// `plan` with each `VALUES` list written as one-row projections joined by `UNION ALL`, so its
@@ -1070,6 +1169,9 @@ fn note(t: &mut AuditToken, plan: &AuthorizedPlan, ticket_id: Option<&str>) {
     t.resources(&plan.audit_resources());
     if let Some(d) = plan.audit_decision() {
         t.decision(&d);
+    }
+    if let Some(v) = plan.data_version {
+        t.version(v);
     }
 }
 

@@ -84,6 +84,7 @@ impl ReadRequest {
                 compression: Compression::parse(&claims.compression).ok().flatten(),
                 // Checked when the ticket was issued.
                 max_staleness: None,
+                version: r.version.map(meshgate_adapters::VersionPin::Version),
             })]),
             Some(Read::Sql(s)) => {
                 let mut rows = params::decode_rows(&s.parameters)?;
@@ -104,7 +105,8 @@ impl ReadRequest {
 
     /// The claims' `read` for this request. A product read names the port it resolved to, so
     /// the ticket reads the port the plan was made for even if the default port changes.
-    fn to_claims(&self, reads: &[Resolved]) -> Result<Read> {
+    /// A pinned read carries the version number it resolved to (`data_version`).
+    fn to_claims(&self, reads: &[Resolved], data_version: Option<u64>) -> Result<Read> {
         Ok(match self {
             Self::Product(s) => Read::Product(ProductRead {
                 domain: s.domain.clone(),
@@ -113,6 +115,7 @@ impl ReadRequest {
                 columns: s.columns.clone(),
                 filter: s.filter.clone().unwrap_or_default(),
                 limit: s.limit,
+                version: data_version,
             }),
             Self::Sql(q) => Read::Sql(SqlStatement {
                 query: q.query.clone(),
@@ -154,6 +157,8 @@ pub struct AuthorizedPlan {
     pub(crate) parameters: SchemaRef,
     pub(crate) reads: Vec<Resolved>,
     pub(crate) generation: u64,
+    /// The data version a pinned product read reads (`None`: the latest, when streamed).
+    pub(crate) data_version: Option<u64>,
 }
 
 impl AuthorizedPlan {
@@ -233,7 +238,13 @@ impl AuthorizedPlan {
             })
         };
         match self.single() {
-            Some((_, r)) => products(r),
+            Some((_, r)) => {
+                let mut out = products(r);
+                if let Some(v) = self.data_version {
+                    out["data_version"] = json!(v);
+                }
+                out
+            }
             None => json!({"products": self.reads.iter().map(products).collect::<Vec<_>>()}),
         }
     }
@@ -249,7 +260,7 @@ impl AuthorizedPlan {
     /// The claims of a ticket for `shard` of this plan (signed by the core).
     pub(crate) fn claims(&self, shard: Shard) -> Result<TicketClaims> {
         Ok(TicketClaims {
-            read: Some(self.request.to_claims(&self.reads)?),
+            read: Some(self.request.to_claims(&self.reads, self.data_version)?),
             compression: match &self.request {
                 ReadRequest::Product(spec) => spec.compression.map(|c| c.name().to_string()).unwrap_or_default(),
                 ReadRequest::Sql(_) => String::new(),
@@ -310,6 +321,12 @@ impl AuthorizedPlan {
             .collect()
     }
 
+    /// The products the plan reads, as lineage datasets (the columns used are filled in when
+    /// the read starts).
+    pub(crate) fn lineage_datasets(&self) -> Vec<crate::lineage::Dataset> {
+        self.reads.iter().map(|r| lineage_dataset(r, self.data_version)).collect()
+    }
+
     /// The decision the audit record holds: every policy, mask and row filter applied.
     pub(crate) fn audit_decision(&self) -> Option<audit::Decision> {
         let grants: Vec<_> = self.reads.iter().filter_map(|r| r.grant.as_ref()).collect();
@@ -321,12 +338,39 @@ impl AuthorizedPlan {
             d.policy_ids.extend(g.verdict.policy_ids.iter().cloned());
             d.masks.extend(
                 g.masks.iter().map(|(c, s)| {
-                    format!("{c}: {}", serde_json::to_value(s).unwrap_or_default().as_str().unwrap_or(""))
+                    format!("{c}: {}", s.name())
                 }),
             );
             d.row_filters.extend(g.row_filters.iter().cloned());
         }
         d.policy_ids.dedup();
         Some(d)
+    }
+}
+
+/// `r` as an OpenLineage dataset: the contract's columns, the owner and classification, and the
+/// decision it was read (or written) under.
+pub(crate) fn lineage_dataset(r: &Resolved, version: Option<u64>) -> crate::lineage::Dataset {
+    let grant = r.grant.as_deref();
+    crate::lineage::Dataset {
+        domain: r.product.domain.clone(),
+        product: r.product.name.clone(),
+        port: r.port.name.clone(),
+        contract: (r.port.contract.id.clone(), r.port.contract.version.clone()),
+        fields: r.port.schema.fields().iter().map(|f| (f.name().clone(), f.data_type().to_string())).collect(),
+        columns: Vec::new(),
+        version,
+        owner: r.product.owner.clone(),
+        classification: r.product.sensitivity.clone(),
+        policies: grant.map(|g| g.verdict.policy_ids.clone()).unwrap_or_default(),
+        masks: grant
+            .map(|g| {
+                g.masks
+                    .iter()
+                    .map(|(c, s)| (c.clone(), s.name().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        row_filters: grant.map(|g| g.row_filters.clone()).unwrap_or_default(),
     }
 }

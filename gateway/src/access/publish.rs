@@ -22,7 +22,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use meshgate_adapters::{CommitNote, WriteMode};
+use meshgate_adapters::{CommitNote, VersionPin, WriteMode};
 use serde::Serialize;
 
 use super::{AccessCore, Call, Error, Result};
@@ -175,15 +175,34 @@ impl AccessCore {
                 ..Default::default()
             });
         }
-        if let Some(v) = verdict.filter(|v| !v.allowed) {
-            let e = PublishError::Denied { product: product.address(), policy_ids: v.policy_ids };
+        if let Some(v) = verdict.as_ref().filter(|v| !v.allowed) {
+            let e = PublishError::Denied { product: product.address(), policy_ids: v.policy_ids.clone() };
             return Err(super::fail(token, e.into()).await);
         }
+        let lineage = self.lineage.as_ref().map(|l| {
+            let written = super::Resolved { product: Arc::clone(&product), port: Arc::clone(&port), grant: None };
+            let mut output = super::plan::lineage_dataset(&written, None);
+            output.columns = port.schema.fields().iter().map(|f| f.name().clone()).collect();
+            output.policies = verdict.map(|v| v.policy_ids).unwrap_or_default();
+            let job = crate::lineage::Job {
+                kind: "PUBLISH",
+                principal: call.principal.clone(),
+                client: call.client.clone(),
+                sql: None,
+            };
+            l.begin(job, Vec::new(), vec![output])
+        });
         let core = Arc::clone(self);
         let (p, c) = (Arc::clone(&product), Arc::clone(&port));
         let author = call.principal.subject.clone();
         let max = self.options.max_publish_bytes;
         let done = self.exec.run(async move { core.stage_check_commit(&p, &c, mode, batches, author, max).await }).await;
+        if let Some(run) = lineage {
+            match &done {
+                Ok(p) => run.complete(crate::lineage::Delivered { rows: p.rows, bytes: p.bytes, version: Some(p.version) }),
+                Err(e) => run.fail(super::error::to_status(e).message()),
+            }
+        }
         match (done, token) {
             (Ok(published), Some(mut t)) => {
                 t.add(published.rows, published.bytes);
@@ -194,6 +213,12 @@ impl AccessCore {
             (Ok(published), None) => Ok(published),
             (Err(e), token) => Err(super::fail(token, e).await),
         }
+    }
+
+    /// The lock publishes of one port take turns on in this process.
+    fn publish_turn(&self, product: &str, port: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(turns.entry(format!("{product}/{port}")).or_default())
     }
 
     /// A Flight SQL table name of `domain` as (product, port): `<product>__<port>` names a
@@ -249,7 +274,16 @@ impl AccessCore {
                 staged.push(batch);
             }
         }
-        let (outcomes, refusal) = self.check_candidate((product, port), mode, &target, &staged).await?;
+        // One publish of a port at a time here, from the checks to the commit; a publish from
+        // another replica in between makes this commit fail instead of landing unchecked.
+        let turn = self.publish_turn(&address, &port.name);
+        let _turn = turn.lock().await;
+        let base = versions
+            .latest()
+            .await
+            .map_err(|e| PublishError::Commit { product: address.clone(), reason: commit_reason(&e) })?
+            .map(|v| v.version);
+        let (outcomes, refusal) = self.check_candidate((product, port), mode, &target, &staged, base).await?;
         let checked = outcomes.len();
         // A refused candidate's outcomes are in the refusal; the port's last check stays that
         // of the version it serves.
@@ -257,7 +291,7 @@ impl AccessCore {
             return Err(refusal);
         }
         tracing::info!(product = %address, port = %port.name, rows, bytes, "publish checked; committing");
-        let note = CommitNote { author, mode, rows };
+        let note = CommitNote { author, mode, rows, base: base.filter(|_| mode == WriteMode::Append) };
         let version = match versions.commit(staged, note).await {
             Ok(v) => v,
             Err(e) => return Err(PublishError::Commit { product: address, reason: commit_reason(&e) }.into()),
@@ -275,6 +309,7 @@ impl AccessCore {
         mode: WriteMode,
         schema: &SchemaRef,
         staged: &[RecordBatch],
+        base: Option<u64>,
     ) -> Result<(Vec<Outcome>, Option<Error>)> {
         let rules: Vec<&Rule> = port.contract.rules.iter().filter(|r| r.runnable()).collect();
         if rules.is_empty() {
@@ -289,13 +324,15 @@ impl AccessCore {
             WriteMode::Replace => Arc::clone(&new_rows),
             WriteMode::Append => {
                 let ctx = SessionContext::new_with_state(state.clone());
-                let current = match &port.versions {
-                    Some(v) => matches!(v.latest().await, Ok(Some(_))),
-                    None => false,
+                let current = match (&port.versions, base) {
+                    (Some(v), Some(base)) => Some(v.at(VersionPin::Version(base)).await.map_err(|e| {
+                        PublishError::Commit { product: product.address(), reason: commit_reason(&e) }
+                    })?),
+                    _ => None,
                 };
                 match current {
-                    true => {
-                        let current = ctx.read_table(Arc::clone(&port.table)).map_err(|e| internal("reading", e))?;
+                    Some((current, _)) => {
+                        let current = ctx.read_table(current).map_err(|e| internal("reading", e))?;
                         let current = current.select_columns(&names(schema)).map_err(|e| internal("reading", e))?;
                         let added = ctx.read_table(Arc::clone(&new_rows)).map_err(|e| internal("staging", e))?;
                         // The current rows carry no row number: only rows sent are named.
@@ -307,7 +344,7 @@ impl AccessCore {
                         numbered = unnumbered.union(sent).map_err(|e| internal("staging", e))?.into_view();
                         current.union(added).map_err(|e| internal("staging", e))?.into_view()
                     }
-                    false => Arc::clone(&new_rows),
+                    None => Arc::clone(&new_rows),
                 }
             }
         };

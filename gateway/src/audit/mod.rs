@@ -528,7 +528,7 @@ impl AuditToken {
         self.set("kind", json!(kind));
     }
 
-    /// Records the data version a publish committed.
+    /// Records the data version a publish committed, or the one a pinned read read.
     pub fn version(&mut self, version: u64) {
         self.set("version", json!(version));
     }

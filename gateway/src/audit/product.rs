@@ -53,6 +53,8 @@ pub fn schema() -> SchemaRef {
         text("time"),
         text("started"),
         text("kind"),
+        // The data version a publish committed or a pinned read read.
+        Field::new("version", DataType::Int64, true),
         text("rpc"),
         text("event_id"),
         text("request_id"),

@@ -26,6 +26,18 @@ pub enum MaskStrategy {
 }
 
 impl MaskStrategy {
+    /// The strategy's name, as governance files write it (`last4`, `deny_column`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            MaskStrategy::Null => "null",
+            MaskStrategy::Redact => "redact",
+            MaskStrategy::Hash => "hash",
+            MaskStrategy::Last4 => "last4",
+            MaskStrategy::YearOnly => "year_only",
+            MaskStrategy::DenyColumn => "deny_column",
+        }
+    }
+
     /// The expression replacing column `name` of type `dt`; `None` for [`MaskStrategy::DenyColumn`].
     pub fn expr(self, name: &str, dt: &DataType, salt: &str) -> Option<Expr> {
         let column = col(datafusion::common::Column::new_unqualified(name));
@@ -54,5 +66,24 @@ impl MaskStrategy {
             },
             MaskStrategy::Redact | MaskStrategy::Last4 => null(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_governance_file_spelling() {
+        for s in [
+            MaskStrategy::Null,
+            MaskStrategy::Redact,
+            MaskStrategy::Hash,
+            MaskStrategy::Last4,
+            MaskStrategy::YearOnly,
+            MaskStrategy::DenyColumn,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(s.name()));
+        }
     }
 }

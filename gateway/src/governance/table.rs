@@ -84,6 +84,13 @@ impl GovernedTable {
         Ok(Self { inner, schema: Arc::new(Schema::new(fields)), columns, row_filter, source: String::new() })
     }
 
+    /// The same view (columns, masks, row filter) over `inner`: another version of the same data,
+    /// with the schema the contract announces.
+    pub fn over(&self, inner: Arc<dyn TableProvider>) -> Result<Self> {
+        let t = Self::try_new(inner, self.columns.clone(), self.row_filter.clone(), &self.schema)?;
+        Ok(t.with_source(self.source.clone()))
+    }
+
     /// Names what the table serves (`<domain>/<product>`), for plans and audit records.
     pub fn with_source(mut self, source: impl Into<String>) -> Self {
         self.source = source.into();

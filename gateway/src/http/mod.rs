@@ -309,6 +309,7 @@ async fn metrics(
         ports: state.core.port_health().await,
         refused,
         memory: state.core.memory_pool(),
+        lineage: state.core.lineage_counts(),
     };
     let body = state.metrics.render(live);
     Ok(([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)

@@ -91,6 +91,8 @@ pub struct Live {
     pub refused: u64,
     /// Bytes the query engine's memory pool has reserved, and its limit (0: unlimited).
     pub memory: (u64, u64),
+    /// Lineage events `(sent, dropped, failed)`, when lineage is reported.
+    pub lineage: Option<(u64, u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -162,6 +164,17 @@ impl Collector for LiveCollector {
             for (product, port, adapter, up) in &live.ports {
                 let labels = [("product", product.as_str()), ("port", port.as_str()), ("adapter", adapter.as_str())];
                 ConstGauge::new(i64::from(*up)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        if let Some((sent, dropped, failed)) = live.lineage {
+            let mut family = encoder.encode_descriptor(
+                "meshgate_lineage_events",
+                "OpenLineage events by outcome (sent; dropped: the queue was full; failed: a transport refused them).",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (outcome, n) in [("sent", sent), ("dropped", dropped), ("failed", failed)] {
+                ConstCounter::new(n).encode(family.encode_family(&[("outcome", outcome)])?)?;
             }
         }
         put(
@@ -391,9 +404,11 @@ mod tests {
             caches: vec![("grants", 5, 1)],
             ports: vec![("sales/orders".into(), "v1".into(), "files".into(), false)],
             reloads: (3, 1),
+            lineage: Some((7, 2, 1)),
             ..Live::default()
         });
         for line in [
+            r#"meshgate_lineage_events_total{outcome="dropped"} 2"#,
             r#"meshgate_rpc_requests_total{rpc="DoGet",code="NOT_FOUND"} 1"#,
             r#"meshgate_rpc_duration_seconds_count{rpc="DoGet"} 1"#,
             r#"meshgate_cache_requests_total{cache="grants",result="hit"} 5"#,
