@@ -79,6 +79,7 @@ impl Adapter for DeltaAdapter {
             .runtime_env()
             .object_store(&listing)
             .map_err(|_| Error::InvalidBinding(format!("location `{}` uses a scheme with no store", b.location)))?;
+        register_configured_schemes();
         let log_store = DeltaTableBuilder::from_url(url.clone())
             .map_err(|e| Error::InvalidBinding(format!("location `{}` is not a table URL: {e}", b.location)))?
             .with_storage_backend(store, url)
@@ -110,6 +111,43 @@ impl Adapter for DeltaAdapter {
             storage: Arc::clone(&table) as Arc<dyn StorageHandle>,
             versions: Some(table),
         })
+    }
+}
+
+/// Schemes of the object stores an operator configures (`--stores`). The gateway builds their
+/// stores itself (credentials, endpoint, timeouts) and hands them to Delta; Delta only needs to
+/// know how to keep a log there: its default protocol, a conditional put of each next log entry
+/// (S3, GCS and Azure all refuse a second writer of the same entry).
+const CONFIGURED_SCHEMES: [&str; 9] = ["s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "http", "https"];
+
+/// Keeps Delta logs in the configured stores' schemes, once per process.
+fn register_configured_schemes() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let factories = deltalake::logstore::logstore_factories();
+        for scheme in CONFIGURED_SCHEMES {
+            if let Ok(url) = url::Url::parse(&format!("{scheme}://"))
+                && !factories.contains_key(&url)
+            {
+                factories.insert(url, Arc::new(ConfiguredStore));
+            }
+        }
+    });
+}
+
+/// The log store of a table in one of the gateway's configured stores.
+#[derive(Debug)]
+struct ConfiguredStore;
+
+impl deltalake::logstore::LogStoreFactory for ConfiguredStore {
+    fn with_options(
+        &self,
+        prefixed_store: deltalake::logstore::ObjectStoreRef,
+        root_store: deltalake::logstore::ObjectStoreRef,
+        location: &url::Url,
+        options: &deltalake::logstore::StorageConfig,
+    ) -> deltalake::DeltaResult<Arc<dyn deltalake::logstore::LogStore>> {
+        Ok(deltalake::logstore::default_logstore(prefixed_store, root_store, location, options))
     }
 }
 
@@ -176,9 +214,7 @@ impl DeltaProductTable {
                 Err(e) => return Err(self.failed(&e)),
             }
         }
-        let (version, scan) = self.load(None).await?.ok_or_else(|| {
-            self.unavailable("has no published version yet; its owners publish one with DoPut or Flight SQL ingest")
-        })?;
+        let (version, scan) = self.load(None).await?.ok_or(Error::NotPublished)?;
         *current = Some((version, Arc::clone(&scan)));
         Ok(scan)
     }
@@ -483,7 +519,7 @@ mod tests {
         let opened = DeltaAdapter.open(&binding, &ctx).await.unwrap();
         assert_eq!(opened.table.schema(), declared(), "a table never published is served as declared");
         let err = count(Arc::clone(&opened.table)).await.unwrap_err().to_string();
-        assert!(err.contains("no published version yet"), "{err}");
+        assert!(err.contains("no version has been published yet"), "{err}");
         let versions = opened.versions.clone().unwrap();
         assert_eq!(versions.latest().await.unwrap(), None);
 

@@ -28,6 +28,10 @@ pub enum Error {
     #[error("data unavailable: {0}")]
     Unavailable(String),
 
+    /// Storage written through the gateway that has no version yet (declared, never published).
+    #[error("no version has been published yet")]
+    NotPublished,
+
     /// A version of the data that does not exist or is no longer kept.
     #[error("{0}")]
     NotFound(String),

@@ -161,12 +161,14 @@ def lake(tmp_path_factory):
                 {"adapter": "files", "location": "s3://locked/shipments/", "format": "csv"})
         product(mesh, "lake", "slow", [("shipment_id", "integer"), ("city", "string")],
                 {"adapter": "files", "location": "s3://hangs/shipments/", "format": "csv"})
+        product(mesh, "lake", "targets", ORDERS, {"adapter": "delta", "location": "s3://lake/targets/"})
         product(mesh, "other", "peek", ORDERS,
                 {"adapter": "files", "location": "s3://lake/orders/", "format": "parquet"})
         os.environ["LAKE_KEY_ID"] = key["AccessKeyId"]
         os.environ["LAKE_WRONG_KEY_ID"] = "AKIAWRONGWRONGWRONG1"
         server = Server(mesh, "--stores", str(stores), "--no-watch")
         moto.switch = switch
+        moto.s3 = s3
         yield moto, server
         server.stop()
     finally:
@@ -256,3 +258,23 @@ def test_a_hung_store_leaves_every_other_product_serving(lake):
         assert "127.0.0.1" not in str(outcome["read"])
     finally:
         moto.switch.hung.clear()
+
+
+def test_a_delta_product_in_a_bucket_is_published_and_read_by_version(lake):
+    moto, server = lake
+    with server.client() as c:
+        for amounts in ([1, 2, 3], [4]):
+            t = pa.table({"order_id": pa.array(range(len(amounts)), pa.int64()),
+                          "amount": pa.array(amounts, pa.int64()),
+                          "region": pa.array(["EMEA"] * len(amounts))})
+            writer, reader = c.do_put(flight.FlightDescriptor.for_path("lake", "targets"), t.schema)
+            writer.write_table(t)
+            writer.done_writing()
+            reader.read()
+            writer.close()
+        assert sorted(read(c, "lake", "targets").column("amount").to_pylist()) == [1, 2, 3, 4]
+        assert sorted(read(c, "lake", "targets", "@0").column("amount").to_pylist()) == [1, 2, 3]
+    # The table is in the bucket: Parquet files and a transaction log with one entry per version.
+    keys = [o["Key"] for o in moto.s3.list_objects_v2(Bucket="lake", Prefix="targets/")["Contents"]]
+    assert sum(k.startswith("targets/_delta_log/") and k.endswith(".json") for k in keys) == 2, keys
+    assert any(k.endswith(".parquet") for k in keys), keys

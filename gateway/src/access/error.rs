@@ -304,6 +304,9 @@ fn datafusion_status(what: &str, e: &DataFusionError) -> Status {
     };
     match root {
         DataFusionError::External(inner) => match meshgate_adapters::Error::find_in(inner.as_ref()) {
+            Some(meshgate_adapters::Error::NotPublished) => Status::unavailable(format!(
+                "{what} has no published version yet; its owning team publishes one (DoPut on its path, or Flight SQL ingest)"
+            )),
             Some(_) => unavailable(),
             None => internal("an external component failed"),
         },
@@ -433,6 +436,9 @@ mod tests {
         let x = |e: DataFusionError| code(Error::execution("sales/orders", e));
         let gone = meshgate_adapters::Error::Unavailable("location `data/` holds no files".into()).into_datafusion();
         assert_eq!(x(gone.context("scanning")), Code::Unavailable);
+        let empty = Status::from(Error::execution("sales/targets", meshgate_adapters::Error::NotPublished.into_datafusion()));
+        assert_eq!(empty.code(), Code::Unavailable);
+        assert!(empty.message().contains("`sales/targets` has no published version yet"), "{}", empty.message());
         let io = DataFusionError::IoError(std::io::Error::new(std::io::ErrorKind::NotFound, "/srv/secret/path"));
         let s = Status::from(Error::execution("sales/orders", io));
         assert_eq!(s.code(), Code::Unavailable);
