@@ -133,6 +133,18 @@ pub struct GatewayConfig {
     #[arg(long, env = "MESHGATE_LINEAGE_QUEUE", default_value_t = crate::lineage::DEFAULT_QUEUE)]
     pub lineage_queue: usize,
 
+    /// The gateway nodes serving this mesh behind one name (comma-separated
+    /// `grpc+tls://host:port`): endpoints of product reads name them round-robin, so shards
+    /// spread over the nodes. One node: endpoints say "reuse this connection". None: endpoints
+    /// name no location (redeem where the `FlightInfo` came from).
+    #[arg(long, env = "MESHGATE_ADVERTISE", value_delimiter = ',')]
+    pub advertise: Vec<String>,
+
+    /// Interval of HTTP/2 keep-alive pings on every connection (`0s`: none). A peer that does
+    /// not answer one within 20 s is disconnected; proxies see a live connection.
+    #[arg(long, env = "MESHGATE_HTTP2_KEEPALIVE", default_value = "30s", value_parser = parse_duration)]
+    pub http2_keepalive: Duration,
+
     /// Name of this replica in audit records.
     #[arg(long, env = "MESHGATE_REPLICA", default_value = "meshgate-0")]
     pub replica: String,
@@ -260,6 +272,8 @@ impl GatewayConfig {
             no_storage_pushdown: false,
             auth: None,
             insecure_no_auth: true,
+            advertise: Vec::new(),
+            http2_keepalive: Duration::from_secs(30),
             lineage_url: None,
             lineage_api_key: None,
             lineage_file: None,

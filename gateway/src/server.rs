@@ -327,8 +327,13 @@ impl Gateway {
             .with_wire(crate::flight::wire::WireOptions {
                 max_message_bytes: config.max_message_size,
                 compression: None,
+                keepalive: None,
             })
-            .with_view_types(config.view_types);
+            .with_view_types(config.view_types)
+            .with_nodes(
+                crate::flight::service::Nodes::new(config.advertise.clone(), config.tls_cert.is_some())
+                    .map_err(Error::Config)?,
+            );
         let mode = match &authenticator {
             Some(a) => {
                 flight = flight.with_auth(Arc::clone(a));
@@ -359,6 +364,11 @@ impl Gateway {
         let service =
             FlightServiceServer::new(flight).max_decoding_message_size(16 << 20).max_encoding_message_size(usize::MAX);
         let mut builder = Server::builder();
+        if !config.http2_keepalive.is_zero() {
+            builder = builder
+                .http2_keepalive_interval(Some(config.http2_keepalive))
+                .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)));
+        }
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;
         }

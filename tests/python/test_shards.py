@@ -135,3 +135,39 @@ def test_a_shuffle_seed_gives_a_reproducible_order(client):
     assert epoch(43) != first
     # One shard with a seed is one reproducible stream.
     assert epoch(5, 1) == epoch(5, 1)
+
+
+def test_endpoints_name_the_advertised_nodes_round_robin(sample_mesh):
+    nodes = ["grpc://127.0.0.1:1", "grpc://127.0.0.1:2"]
+    s = Server(sample_mesh, "--no-watch", "--advertise", ",".join(nodes))
+    try:
+        with s.client() as c:
+            info = sharded(c, "sales/orders", 4)
+            at = [[loc.uri.decode() for loc in e.locations] for e in info.endpoints]
+            assert sorted(a[0] for a in at) == sorted(nodes * 2) and all(len(a) == 1 for a in at), at
+            assert at[0][0] != at[1][0], "consecutive shards go to different nodes"
+            # The tickets are the gateway's own: any node (here this one) redeems them.
+            assert sum(c.do_get(e.ticket).read_all().num_rows for e in info.endpoints) == whole(c, "sales/orders").num_rows
+    finally:
+        s.stop()
+    one = Server(sample_mesh, "--no-watch", "--advertise", "grpc://127.0.0.1:1")
+    try:
+        with one.client() as c:
+            [e] = c.get_flight_info(flight.FlightDescriptor.for_path("sales", "orders")).endpoints
+            assert [loc.uri.decode() for loc in e.locations] == ["arrow-flight-reuse-connection://?"]
+            assert c.do_get(e.ticket).read_all().num_rows > 0
+    finally:
+        one.stop()
+
+
+def test_a_tls_gateway_refuses_to_advertise_plain_grpc_nodes(tmp_path, sample_mesh):
+    import subprocess
+    from conftest import BIN, REPO
+    certs = tmp_path / "certs"
+    subprocess.run(["bash", str(REPO / "certs" / "make-dev-certs.sh"), str(certs)], check=True, capture_output=True)
+    out = subprocess.run([str(BIN), "serve", "--mesh", str(sample_mesh), "--insecure-no-auth", "--listen", "127.0.0.1:0",
+                          "--http-listen", "off", "--tls-cert", str(certs / "server.pem"),
+                          "--tls-key", str(certs / "server.key"), "--advertise", "grpc://gw-1:8815"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "is plain gRPC but this gateway serves TLS" in out.stderr, out.stderr

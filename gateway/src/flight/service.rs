@@ -37,6 +37,53 @@ pub struct MeshFlightService {
     auth: Option<Arc<Authenticator>>,
     wire: WireOptions,
     view_types: bool,
+    nodes: Arc<Nodes>,
+}
+
+/// Where a `FlightInfo`'s endpoints say their tickets are redeemed.
+#[derive(Debug, Default)]
+pub struct Nodes {
+    /// The gateway nodes behind this address (`--advertise`); none: this one only.
+    urls: Vec<String>,
+    /// Where the next read's first endpoint goes, so single-endpoint reads spread too.
+    next: std::sync::atomic::AtomicUsize,
+}
+
+/// The location meaning "the connection this `FlightInfo` came on" (Arrow Flight 16+).
+pub const REUSE_CONNECTION: &str = "arrow-flight-reuse-connection://?";
+
+impl Nodes {
+    /// `urls` checked against the gateway's own scheme: a TLS gateway's nodes are `grpc+tls://`
+    /// (a plain-text gateway may sit behind a TLS-terminating proxy, so either is accepted).
+    pub fn new(urls: Vec<String>, tls: bool) -> std::result::Result<Self, String> {
+        for u in &urls {
+            let scheme = u.split_once("://").map(|(s, _)| s).unwrap_or("");
+            match scheme {
+                "grpc+tls" => {}
+                "grpc" | "grpc+tcp" if !tls => {}
+                "grpc" | "grpc+tcp" => {
+                    return Err(format!(
+                        "--advertise `{u}` is plain gRPC but this gateway serves TLS; name its nodes as grpc+tls://host:port"
+                    ));
+                }
+                _ => return Err(format!("--advertise `{u}` is not a grpc://, grpc+tcp:// or grpc+tls:// URL")),
+            }
+        }
+        Ok(Self { urls, next: Default::default() })
+    }
+
+    /// The locations of `count` endpoints: round-robin over two nodes or more, the
+    /// reuse-connection location for one, none without any configured.
+    pub fn locations(&self, count: usize) -> Vec<Vec<String>> {
+        match self.urls.as_slice() {
+            [] => vec![Vec::new(); count],
+            [_] => vec![vec![REUSE_CONNECTION.to_string()]; count],
+            urls => {
+                let start = self.next.fetch_add(count.max(1), std::sync::atomic::Ordering::Relaxed);
+                (0..count).map(|i| vec![urls[(start + i) % urls.len()].clone()]).collect()
+            }
+        }
+    }
 }
 
 /// The principal the auth layer attached to a call.
@@ -75,7 +122,7 @@ impl MeshFlightService {
 
     /// A service over the access core `core`.
     pub fn new(core: Arc<AccessCore>) -> Self {
-        Self { core, auth: None, wire: WireOptions::default(), view_types: false }
+        Self { core, auth: None, wire: WireOptions::default(), view_types: false, nodes: Default::default() }
     }
 
     /// Streams SQL results' view types (`Utf8View`, `BinaryView`) as they are by default;
@@ -97,6 +144,12 @@ impl MeshFlightService {
         self
     }
 
+    /// Names `nodes` in the endpoints of product reads.
+    pub fn with_nodes(mut self, nodes: Nodes) -> Self {
+        self.nodes = Arc::new(nodes);
+        self
+    }
+
     /// Lays batches out on the wire with `wire`.
     pub fn with_wire(mut self, wire: WireOptions) -> Self {
         self.wire = wire;
@@ -115,8 +168,14 @@ impl MeshFlightService {
             .with_ordered(plans.len() > 1)
             .with_app_metadata(serde_json::to_vec(&self.core.description(first).await).unwrap_or_default());
         for plan in plans {
-            for ticket in self.core.tickets(plan).await? {
-                info = info.with_endpoint(endpoint(FlightEndpoint::new(), ticket));
+            let tickets = self.core.tickets(plan).await?;
+            let locations = self.nodes.locations(tickets.len());
+            for (ticket, at) in tickets.into_iter().zip(locations) {
+                let mut base = FlightEndpoint::new();
+                for url in at {
+                    base = base.with_location(url);
+                }
+                info = info.with_endpoint(endpoint(base, ticket));
             }
         }
         if let [plan] = plans {
@@ -158,6 +217,15 @@ fn offset_of<T>(request: &Request<T>) -> Result<Option<u64>> {
     value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).map(Some).ok_or_else(|| {
         Error::BadOption(format!("{} is the number of rows already read (0 or more)", wire::OFFSET_HEADER))
     })
+}
+
+/// The quiet period after which a stream sends a keep-alive, when the reader asks for them
+/// ([`wire::KEEPALIVE_HEADER`]).
+fn keepalive_of<T>(request: &Request<T>) -> Result<Option<std::time::Duration>> {
+    let Some(value) = request.metadata().get(wire::KEEPALIVE_HEADER) else { return Ok(None) };
+    let bad = || Error::BadOption(format!("{} is a duration such as 15s or 500ms", wire::KEEPALIVE_HEADER));
+    let every = humantime::parse_duration(value.to_str().map_err(|_| bad())?.trim()).map_err(|_| bad())?;
+    if every.is_zero() { Err(bad()) } else { Ok(Some(every)) }
 }
 
 /// `base` (its locations kept) with the ticket `issued` and that ticket's expiry.
@@ -320,6 +388,7 @@ impl FlightService for MeshFlightService {
         let call = call("DoGet", &request)?;
         let header = Self::compression_header(&request)?;
         let offset = offset_of(&request)?;
+        let keepalive = keepalive_of(&request)?;
         let ticket = request.into_inner().ticket;
         // Refused before the catalog answers: a metadata answer is recorded as served.
         if offset.is_some() && sql::is_metadata_ticket(&ticket) {
@@ -330,7 +399,7 @@ impl FlightService for MeshFlightService {
             None => self.core.read_ticket(&call, &ticket, offset).await?,
         };
         // The header wins over the read's own `compression` (kept in its ticket).
-        let wire = WireOptions { compression: header.unwrap_or(read.compression), ..self.wire };
+        let wire = WireOptions { compression: header.unwrap_or(read.compression), keepalive, ..self.wire };
         let label = read.label;
         let batches = read.batches.map_err(|e| FlightError::ExternalError(Box::new(e)));
         let flight = wire::encode(read.schema, batches, wire).map_err(move |e| Status::from(stream_error(&label, e)));
@@ -408,5 +477,23 @@ impl FlightService for MeshFlightService {
             .iter()
             .map(|(name, description)| Ok(ActionType { r#type: (*name).into(), description: (*description).into() }));
         Ok(Response::new(futures::stream::iter(types.collect::<Vec<_>>()).boxed()))
+    }
+}
+
+#[cfg(test)]
+mod node_tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_name_the_configured_nodes_round_robin() {
+        assert_eq!(Nodes::default().locations(2), vec![Vec::<String>::new(); 2]);
+        let one = Nodes::new(vec!["grpc+tls://a:1".into()], true).unwrap();
+        assert_eq!(one.locations(1), vec![vec![REUSE_CONNECTION.to_string()]]);
+        let two = Nodes::new(vec!["grpc://a:1".into(), "grpc+tls://b:1".into()], false).unwrap();
+        let first: Vec<String> = two.locations(3).into_iter().flatten().collect();
+        assert_eq!(first, ["grpc://a:1", "grpc+tls://b:1", "grpc://a:1"]);
+        assert_eq!(two.locations(1), vec![vec!["grpc+tls://b:1".to_string()]], "the next read starts further on");
+        assert!(Nodes::new(vec!["grpc://a:1".into()], true).unwrap_err().contains("serves TLS"));
+        assert!(Nodes::new(vec!["http://a:1".into()], false).is_err());
     }
 }

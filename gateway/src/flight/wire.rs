@@ -39,10 +39,19 @@ pub struct WireOptions {
     /// Body compression; `None` sends bodies as they are (the default: on a fast network
     /// compressing costs more CPU than the bytes it saves).
     pub compression: Option<Compression>,
+    /// A stream that produces no message for this long sends an empty keep-alive message, so
+    /// proxies that cut idle streams do not cut a slow query (`None`: never). Only when the
+    /// client asks ([`KEEPALIVE_HEADER`]): Arrow C++ readers (pyarrow, ADBC) end `read_all` at
+    /// the first message without data, so an unasked keep-alive would truncate their results.
+    pub keepalive: Option<std::time::Duration>,
 }
 
 /// The request header with which a reader resumes a shard: the rows it already has.
 pub use crate::access::RESUME_HEADER as OFFSET_HEADER;
+
+/// The request header with which a client asks for keep-alive messages in a quiet stream, and
+/// how quiet (`15s`): for readers that skip messages without data (arrow-rs, Go).
+pub const KEEPALIVE_HEADER: &str = "x-meshgate-keepalive";
 
 /// The request header naming the compression a client wants for a stream.
 pub const COMPRESSION_HEADER: &str = "x-meshgate-compression";
@@ -60,7 +69,7 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 2 << 20;
 
 impl Default for WireOptions {
     fn default() -> Self {
-        Self { max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES, compression: None }
+        Self { max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES, compression: None, keepalive: None }
     }
 }
 
@@ -144,7 +153,27 @@ where
     let pieces =
         batches.map_ok(move |b| stream::iter(split(b, max).into_iter().map(Ok::<_, FlightError>))).try_flatten();
     let body = pieces.map(move |piece| encoder.batch(hydrate(piece?, &wire_schema)?));
-    stream::once(futures::future::ready(Ok(head))).chain(body)
+    let messages = stream::once(futures::future::ready(Ok(head))).chain(body);
+    match options.keepalive {
+        Some(every) => with_keepalives(messages, every).left_stream(),
+        None => messages.right_stream(),
+    }
+}
+
+/// `messages` with an empty `FlightData` (no IPC message, no body, no metadata) inserted
+/// whenever the next one takes longer than `every`; a proxy sees traffic.
+fn with_keepalives<S>(messages: S, every: std::time::Duration) -> impl Stream<Item = S::Item> + Send + 'static
+where
+    S: Stream<Item = Result<FlightData, FlightError>> + Send + 'static,
+{
+    stream::unfold(Box::pin(messages), move |mut messages| async move {
+        // `next()` can be dropped by the timeout without losing an item.
+        match tokio::time::timeout(every, messages.next()).await {
+            Ok(Some(message)) => Some((message, messages)),
+            Ok(None) => None,
+            Err(_) => Some((Ok(FlightData::default()), messages)),
+        }
+    })
 }
 
 /// One stream's IPC encoder, reusing its body buffer's capacity from message to message.
