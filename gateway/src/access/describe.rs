@@ -180,6 +180,8 @@ pub(crate) struct PortTrust {
     pub(crate) freshness: Value,
     /// Whether this port degrades the gateway's status.
     pub(crate) degraded: bool,
+    /// The in-memory copy's status, for accelerated ports (a failed refresh degrades).
+    pub(crate) acceleration: Option<Value>,
 }
 
 /// `(domain, product, port)` → its [`PortTrust`].
@@ -209,6 +211,9 @@ pub(crate) async fn health(
                 degraded |= t.degraded;
                 entry["quality"] = t.quality.clone();
                 entry["freshness"] = t.freshness.clone();
+                if let Some(a) = &t.acceleration {
+                    entry["acceleration"] = a.clone();
+                }
             }
             ports.push(entry);
         }

@@ -42,6 +42,9 @@ impl AccessCore {
                         // Observed for every port, so that reporting freshness never lists
                         // files on the request path.
                         let version = core.quality.version(&state, (product, port), VERSION_TTL).await.map(|v| v.id);
+                        if let Some(a) = &port.acceleration {
+                            a.observe(version.as_deref(), &state).await;
+                        }
                         let due = core.quality.due(product, port, version.as_deref(), every);
                         if due.is_empty() {
                             continue;
@@ -123,13 +126,17 @@ impl AccessCore {
                 j
             })
             .collect();
-        json!({
+        let mut out = json!({
             "quality": {
                 "rules": rules,
                 "last_check": last.map(|l| l.summary()),
             },
             "freshness": freshness.to_json((self.now)()),
-        })
+        });
+        if let Some(a) = &port.acceleration {
+            out["acceleration"] = a.status();
+        }
+        out
     }
 
     /// What `FlightInfo.app_metadata` says of `plan`: the products it reads and, for a
@@ -189,8 +196,10 @@ impl AccessCore {
             for port in &product.ports {
                 let f = self.quality.freshness(self.catalog.state(), (product, port), REPORT_TTL).await;
                 let quality = self.quality.last_check(product, port).map(|l| l.summary()["status"].clone());
+                let accel_problem = port.acceleration.as_ref().and_then(|a| a.problem());
                 let trust = PortTrust {
-                    degraded: f.breached(now) || quality.as_ref().is_some_and(|q| q == "fail"),
+                    degraded: f.breached(now) || quality.as_ref().is_some_and(|q| q == "fail") || accel_problem.is_some(),
+                    acceleration: port.acceleration.as_ref().map(|a| a.status()),
                     quality: quality.unwrap_or(Value::Null),
                     freshness: f.to_json(now)["status"].clone(),
                 };

@@ -96,6 +96,7 @@ pub fn product(b: Builtin) -> Product {
         // Its health is that of the gateway part that writes it.
         storage: Arc::new(meshgate_adapters::InMemoryStorage),
         versions: None,
+        acceleration: None,
         health: Default::default(),
     };
     Product {

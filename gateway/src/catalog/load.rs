@@ -278,6 +278,16 @@ impl Loader {
         let names: Vec<String> = properties.iter().map(|x| x.name.clone()).collect();
         let rules = p.or_default(crate::quality::rules::parse(&document, &names));
         let age_limit = p.or_default(crate::quality::sla::age_limit(&document));
+        let acceleration = match custom_value(&c.custom_properties, super::accel::PROPERTY) {
+            None => None,
+            Some(v) => match super::accel::Acceleration::parse(v) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    p.add(format!("customProperties[{}]", super::accel::PROPERTY), e);
+                    None
+                }
+            },
+        };
         let binding = match custom_value(&c.custom_properties, "meshgate.binding") {
             None => {
                 p.add(
@@ -316,6 +326,16 @@ impl Loader {
         }
         let schema = served_schema(m, op.name.as_str(), &c, &properties, &data_schema);
         let (total_records, total_bytes) = self.totals(&table, &properties, &data_schema).await;
+        // Below governance: the copy is read exactly as the storage would be.
+        let acceleration =
+            acceleration.map(|spec| {
+                let label = format!("{}/{}/{}", here.0, here.1, op.name);
+                super::accel::Accelerated::start(label, Arc::clone(&table), spec, self.state.clone())
+            });
+        let table = match &acceleration {
+            Some(a) => Arc::clone(a) as Arc<dyn datafusion::catalog::TableProvider>,
+            None => table,
+        };
         Ok(Port {
             name: op.name.clone(),
             version: op.version.clone(),
@@ -335,6 +355,7 @@ impl Loader {
             total_bytes,
             storage,
             versions,
+            acceleration,
             health: Default::default(),
         })
     }

@@ -14,7 +14,7 @@ use serde_yaml::Value;
 /// `customProperties` entries meshgate understands, per file kind.
 pub(crate) const PRODUCT_PROPERTIES: &[&str] = &["meshgate.defaultPort", "meshgate.sensitivity"];
 /// See [`PRODUCT_PROPERTIES`].
-pub(crate) const CONTRACT_PROPERTIES: &[&str] = &["meshgate.binding"];
+pub(crate) const CONTRACT_PROPERTIES: &[&str] = &["meshgate.binding", super::accel::PROPERTY];
 
 /// An ODPS v1 data product (the fields meshgate reads).
 #[derive(Debug, Clone, Deserialize)]

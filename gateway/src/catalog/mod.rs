@@ -23,6 +23,7 @@ use datafusion::execution::session_state::SessionState;
 use futures::StreamExt;
 use meshgate_adapters::{AdapterRegistry, ObjectStores};
 
+pub mod accel;
 pub mod builtin;
 mod load;
 pub mod manifest;

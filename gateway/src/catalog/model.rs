@@ -99,6 +99,8 @@ pub struct Port {
     pub storage: Arc<dyn StorageHandle>,
     /// The storage's versions, where it keeps them (Delta): pinned reads, history, publishing.
     pub versions: Option<Arc<dyn meshgate_adapters::Versioned>>,
+    /// The in-memory copy `table` serves from, when the contract declares one.
+    pub acceleration: Option<Arc<super::accel::Accelerated>>,
     /// The last probe's answer.
     pub(crate) health: HealthCache,
 }

@@ -165,7 +165,9 @@ pub async fn data_version(state: &SessionState, port: &Port) -> Option<DataVersi
     if !matches!(port.binding, meshgate_adapters::Binding::Files(_)) {
         return None;
     }
-    let plan = port.table.scan(state, Some(&vec![]), &[], None).await.ok()?;
+    // The storage's files, not an in-memory copy of them.
+    let storage = port.acceleration.as_ref().map_or(&port.table, |a| a.storage());
+    let plan = storage.scan(state, Some(&vec![]), &[], None).await.ok()?;
     files_version(&plan)
 }
 
