@@ -36,8 +36,8 @@ use futures::TryStreamExt;
 use serde::Deserialize;
 
 use crate::{
-    Adapter, Binding, CommitNote, Error, Health, OpenContext, Opened, Result, StorageHandle, VersionInfo,
-    VersionPin, Versioned, WriteMode,
+    Adapter, Binding, CommitNote, Error, Health, OpenContext, Opened, Result, StorageHandle, VersionInfo, VersionPin,
+    Versioned, WriteMode,
 };
 
 /// Binding of the `delta` adapter.
@@ -348,15 +348,17 @@ impl Versioned for DeltaProductTable {
             (MODE.to_string(), serde_json::Value::from(note.mode.name())),
             (ROWS.to_string(), serde_json::Value::from(note.rows)),
         ]);
-        let written = table.write(batches).with_save_mode(mode).with_commit_properties(properties).await.map_err(|e| {
-            tracing::warn!(location = %self.location, error = %e, "a Delta commit failed");
-            Error::Write(match e {
-                DeltaTableError::Transaction { .. } | DeltaTableError::VersionAlreadyExists(_) => {
-                    "another publish committed first (its rules were checked on an older version); publish again".into()
-                }
-                _ => "the table's storage refused the write; nothing was committed".into(),
-            })
-        })?;
+        let written =
+            table.write(batches).with_save_mode(mode).with_commit_properties(properties).await.map_err(|e| {
+                tracing::warn!(location = %self.location, error = %e, "a Delta commit failed");
+                Error::Write(match e {
+                    DeltaTableError::Transaction { .. } | DeltaTableError::VersionAlreadyExists(_) => {
+                        "another publish committed first (its rules were checked on an older version); publish again"
+                            .into()
+                    }
+                    _ => "the table's storage refused the write; nothing was committed".into(),
+                })
+            })?;
         let version = written.version().ok_or_else(|| Error::Write("the commit has no version".into()))?;
         *self.current.lock().await = None;
         Ok(version)

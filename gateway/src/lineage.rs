@@ -110,7 +110,9 @@ impl Lineage {
         let file = match &options.file {
             Some(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    tokio::fs::create_dir_all(dir).await.map_err(|source| Error::File { path: path.clone(), source })?;
+                    tokio::fs::create_dir_all(dir)
+                        .await
+                        .map_err(|source| Error::File { path: path.clone(), source })?;
                 }
                 let f = tokio::fs::OpenOptions::new()
                     .create(true)
@@ -155,14 +157,8 @@ impl Lineage {
         let job_json = job.to_json(&self.namespace);
         let inputs: Vec<Value> = inputs.iter().map(|d| d.to_json(&self.namespace, true)).collect();
         let outputs: Vec<Value> = outputs.iter().map(|d| d.to_json(&self.namespace, false)).collect();
-        let run = Run {
-            lineage: Arc::clone(self),
-            id: uuid::Uuid::new_v4(),
-            job: job_json,
-            inputs,
-            outputs,
-            ended: false,
-        };
+        let run =
+            Run { lineage: Arc::clone(self), id: uuid::Uuid::new_v4(), job: job_json, inputs, outputs, ended: false };
         run.emit("START", json!({}));
         run
     }
@@ -557,11 +553,8 @@ mod tests {
         lineage.begin(job(), vec![dataset()], Vec::new()).complete(Delivered { rows: 5, bytes: 40, version: None });
         drop(lineage.begin(job(), vec![dataset()], Vec::new()));
         lineage.close(Duration::from_secs(5)).await;
-        let events: Vec<Value> = std::fs::read_to_string(&path)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let events: Vec<Value> =
+            std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         let kinds: Vec<&str> = events.iter().map(|e| e["eventType"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["START", "COMPLETE", "START", "ABORT"]);
         assert_eq!(events[0]["run"]["runId"], events[1]["run"]["runId"]);

@@ -235,13 +235,9 @@ impl ReadSpec {
         };
         match path {
             [d, p] => Ok(Self { domain: d.clone(), product: p.clone(), version, ..Self::default() }),
-            [d, p, port] => Ok(Self {
-                domain: d.clone(),
-                product: p.clone(),
-                port: Some(port.clone()),
-                version,
-                ..Self::default()
-            }),
+            [d, p, port] => {
+                Ok(Self { domain: d.clone(), product: p.clone(), port: Some(port.clone()), version, ..Self::default() })
+            }
             _ => Err(Error::BadPath(path.len() + usize::from(version.is_some()))),
         }
     }

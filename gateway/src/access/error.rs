@@ -436,7 +436,8 @@ mod tests {
         let x = |e: DataFusionError| code(Error::execution("sales/orders", e));
         let gone = meshgate_adapters::Error::Unavailable("location `data/` holds no files".into()).into_datafusion();
         assert_eq!(x(gone.context("scanning")), Code::Unavailable);
-        let empty = Status::from(Error::execution("sales/targets", meshgate_adapters::Error::NotPublished.into_datafusion()));
+        let empty =
+            Status::from(Error::execution("sales/targets", meshgate_adapters::Error::NotPublished.into_datafusion()));
         assert_eq!(empty.code(), Code::Unavailable);
         assert!(empty.message().contains("`sales/targets` has no published version yet"), "{}", empty.message());
         let io = DataFusionError::IoError(std::io::Error::new(std::io::ErrorKind::NotFound, "/srv/secret/path"));

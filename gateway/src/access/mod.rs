@@ -427,11 +427,7 @@ impl AccessCore {
             Ok(None) => describe::PortAccess { readable: true, ..Default::default() },
             Ok(Some(g)) => describe::PortAccess {
                 readable: g.table.is_some(),
-                masks: g
-                    .masks
-                    .iter()
-                    .map(|(c, s)| (c.clone(), s.name().to_string()))
-                    .collect(),
+                masks: g.masks.iter().map(|(c, s)| (c.clone(), s.name().to_string())).collect(),
                 filtered: !g.row_filters.is_empty(),
             },
             Err(_) => describe::PortAccess::default(),

@@ -336,11 +336,7 @@ impl AuthorizedPlan {
         let mut d = audit::Decision { effect: "allow".into(), ..Default::default() };
         for g in grants {
             d.policy_ids.extend(g.verdict.policy_ids.iter().cloned());
-            d.masks.extend(
-                g.masks.iter().map(|(c, s)| {
-                    format!("{c}: {}", s.name())
-                }),
-            );
+            d.masks.extend(g.masks.iter().map(|(c, s)| format!("{c}: {}", s.name())));
             d.row_filters.extend(g.row_filters.iter().cloned());
         }
         d.policy_ids.dedup();
@@ -364,12 +360,7 @@ pub(crate) fn lineage_dataset(r: &Resolved, version: Option<u64>) -> crate::line
         classification: r.product.sensitivity.clone(),
         policies: grant.map(|g| g.verdict.policy_ids.clone()).unwrap_or_default(),
         masks: grant
-            .map(|g| {
-                g.masks
-                    .iter()
-                    .map(|(c, s)| (c.clone(), s.name().to_string()))
-                    .collect()
-            })
+            .map(|g| g.masks.iter().map(|(c, s)| (c.clone(), s.name().to_string())).collect())
             .unwrap_or_default(),
         row_filters: grant.map(|g| g.row_filters.clone()).unwrap_or_default(),
     }

@@ -20,8 +20,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
-use futures::stream::BoxStream;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use meshgate_adapters::{CommitNote, VersionPin, WriteMode};
 use serde::Serialize;
 
@@ -196,10 +196,13 @@ impl AccessCore {
         let (p, c) = (Arc::clone(&product), Arc::clone(&port));
         let author = call.principal.subject.clone();
         let max = self.options.max_publish_bytes;
-        let done = self.exec.run(async move { core.stage_check_commit(&p, &c, mode, batches, author, max).await }).await;
+        let done =
+            self.exec.run(async move { core.stage_check_commit(&p, &c, mode, batches, author, max).await }).await;
         if let Some(run) = lineage {
             match &done {
-                Ok(p) => run.complete(crate::lineage::Delivered { rows: p.rows, bytes: p.bytes, version: Some(p.version) }),
+                Ok(p) => {
+                    run.complete(crate::lineage::Delivered { rows: p.rows, bytes: p.bytes, version: Some(p.version) })
+                }
                 Err(e) => run.fail(super::error::to_status(e).message()),
             }
         }
@@ -235,7 +238,11 @@ impl AccessCore {
     }
 
     /// Whether the port has a committed version (false when it cannot be found or told).
-    pub async fn has_version(&self, p: &crate::auth::Principal, (domain, name, port): (&str, &str, Option<&str>)) -> bool {
+    pub async fn has_version(
+        &self,
+        p: &crate::auth::Principal,
+        (domain, name, port): (&str, &str, Option<&str>),
+    ) -> bool {
         let snapshot = self.snapshot();
         let visible = |_: &str, _: &str, prod: Option<&Product>| snapshot.visible(p, prod);
         let Ok((_, port)) = snapshot.catalog.resolve_visible(domain, name, port, &visible) else {
@@ -317,19 +324,19 @@ impl AccessCore {
         }
         let state = self.catalog.state().clone();
         let mut numbered = numbered(schema, staged)?;
-        let new_rows: Arc<dyn TableProvider> = Arc::new(
-            MemTable::try_new(Arc::clone(schema), vec![staged.to_vec()]).map_err(|e| internal("staging", e))?,
-        );
+        let new_rows: Arc<dyn TableProvider> =
+            Arc::new(MemTable::try_new(Arc::clone(schema), vec![staged.to_vec()]).map_err(|e| internal("staging", e))?);
         let candidate = match mode {
             WriteMode::Replace => Arc::clone(&new_rows),
             WriteMode::Append => {
                 let ctx = SessionContext::new_with_state(state.clone());
-                let current = match (&port.versions, base) {
-                    (Some(v), Some(base)) => Some(v.at(VersionPin::Version(base)).await.map_err(|e| {
-                        PublishError::Commit { product: product.address(), reason: commit_reason(&e) }
-                    })?),
-                    _ => None,
-                };
+                let current =
+                    match (&port.versions, base) {
+                        (Some(v), Some(base)) => Some(v.at(VersionPin::Version(base)).await.map_err(|e| {
+                            PublishError::Commit { product: product.address(), reason: commit_reason(&e) }
+                        })?),
+                        _ => None,
+                    };
                 match current {
                     Some((current, _)) => {
                         let current = ctx.read_table(current).map_err(|e| internal("reading", e))?;
@@ -460,8 +467,11 @@ fn conform(batch: &RecordBatch, target: &SchemaRef, port: &Port, first_row: u64)
         };
         let required = port.contract.properties.iter().any(|p| p.name == *field.name() && p.required);
         if required && array.null_count() > 0 {
-            let rows: Vec<u64> =
-                (0..array.len()).filter(|&r| array.is_null(r)).take(SAMPLE_ROWS).map(|r| first_row + r as u64).collect();
+            let rows: Vec<u64> = (0..array.len())
+                .filter(|&r| array.is_null(r))
+                .take(SAMPLE_ROWS)
+                .map(|r| first_row + r as u64)
+                .collect();
             return Err(Misfit::Required { column: field.name().clone(), count: array.null_count(), rows });
         }
         columns.push(array);
@@ -525,7 +535,9 @@ async fn offending_rows(
     let query = match &rule.check {
         Check::NullValues | Check::MissingValues(_) | Check::InvalidValues { .. } => {
             let condition = quality::run::violation(rule)?;
-            format!("SELECT {row} FROM {t} WHERE {row} IS NOT NULL AND ({condition}) ORDER BY {row} LIMIT {SAMPLE_ROWS}")
+            format!(
+                "SELECT {row} FROM {t} WHERE {row} IS NOT NULL AND ({condition}) ORDER BY {row} LIMIT {SAMPLE_ROWS}"
+            )
         }
         Check::DuplicateValues(cols) => {
             let keys: Vec<String> = cols.iter().map(|c| quality::run::ident(c)).collect();

@@ -185,11 +185,7 @@ impl AccessCore {
 
     /// The quality status and freshness of every port of the products `visible` lets the
     /// caller see, for health.
-    pub(crate) async fn port_trust(
-        &self,
-        snapshot: &MeshSnapshot,
-        visible: crate::catalog::Visibility<'_>,
-    ) -> TrustOf {
+    pub(crate) async fn port_trust(&self, snapshot: &MeshSnapshot, visible: crate::catalog::Visibility<'_>) -> TrustOf {
         let now = (self.now)();
         let mut out = TrustOf::new();
         for product in snapshot.catalog.products().filter(|p| visible(&p.domain, &p.name, Some(p))) {
@@ -198,7 +194,9 @@ impl AccessCore {
                 let quality = self.quality.last_check(product, port).map(|l| l.summary()["status"].clone());
                 let accel_problem = port.acceleration.as_ref().and_then(|a| a.problem());
                 let trust = PortTrust {
-                    degraded: f.breached(now) || quality.as_ref().is_some_and(|q| q == "fail") || accel_problem.is_some(),
+                    degraded: f.breached(now)
+                        || quality.as_ref().is_some_and(|q| q == "fail")
+                        || accel_problem.is_some(),
                     acceleration: port.acceleration.as_ref().map(|a| a.status()),
                     quality: quality.unwrap_or(Value::Null),
                     freshness: f.to_json(now)["status"].clone(),

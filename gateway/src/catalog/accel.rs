@@ -138,11 +138,9 @@ impl Accelerated {
     }
 
     async fn load(&self, state: &SessionState) -> Result<Copy, String> {
-        let failed = |e: datafusion::error::DataFusionError| {
-            match meshgate_adapters::Error::find_in(&e) {
-                Some(a) => format!("the storage could not be read: {a}"),
-                None => "the storage could not be read".to_string(),
-            }
+        let failed = |e: datafusion::error::DataFusionError| match meshgate_adapters::Error::find_in(&e) {
+            Some(a) => format!("the storage could not be read: {a}"),
+            None => "the storage could not be read".to_string(),
         };
         let plan = self.inner.scan(state, None, &[], None).await.map_err(failed)?;
         let plan = datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec::new(plan);
@@ -253,7 +251,9 @@ mod tests {
     fn table(n: i64) -> Arc<dyn TableProvider> {
         let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
         let batches: Vec<RecordBatch> = (0..4)
-            .map(|_| RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from(vec![n; 1000]))]).unwrap())
+            .map(|_| {
+                RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from(vec![n; 1000]))]).unwrap()
+            })
             .collect();
         Arc::new(MemTable::try_new(schema, vec![batches]).unwrap())
     }
@@ -263,7 +263,9 @@ mod tests {
         let v = |s: &str| serde_yaml::from_str::<serde_yaml::Value>(s).unwrap();
         let a = Acceleration::parse(&v("{engine: memory, refresh: 10m, maxBytes: 2GiB}")).unwrap();
         assert_eq!((a.refresh, a.max_bytes), (Duration::from_secs(600), 2 << 30));
-        assert!(Acceleration::parse(&v("{engine: disk, refresh: 10m, maxBytes: 1MiB}")).unwrap_err().contains("memory"));
+        assert!(
+            Acceleration::parse(&v("{engine: disk, refresh: 10m, maxBytes: 1MiB}")).unwrap_err().contains("memory")
+        );
         assert!(Acceleration::parse(&v("{engine: memory, refresh: soon, maxBytes: 1MiB}")).is_err());
         assert!(Acceleration::parse(&v("{engine: memory, refresh: 1m}")).unwrap_err().contains("maxBytes"));
     }

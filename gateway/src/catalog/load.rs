@@ -327,11 +327,10 @@ impl Loader {
         let schema = served_schema(m, op.name.as_str(), &c, &properties, &data_schema);
         let (total_records, total_bytes) = self.totals(&table, &properties, &data_schema).await;
         // Below governance: the copy is read exactly as the storage would be.
-        let acceleration =
-            acceleration.map(|spec| {
-                let label = format!("{}/{}/{}", here.0, here.1, op.name);
-                super::accel::Accelerated::start(label, Arc::clone(&table), spec, self.state.clone())
-            });
+        let acceleration = acceleration.map(|spec| {
+            let label = format!("{}/{}/{}", here.0, here.1, op.name);
+            super::accel::Accelerated::start(label, Arc::clone(&table), spec, self.state.clone())
+        });
         let table = match &acceleration {
             Some(a) => Arc::clone(a) as Arc<dyn datafusion::catalog::TableProvider>,
             None => table,
@@ -568,7 +567,10 @@ mod tests {
             declared_type("timestamp", None),
             Some(DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())))
         );
-        assert_eq!(declared_type("timestamp", Some("timestamp_ntz")), Some(DataType::Timestamp(TimeUnit::Microsecond, None)));
+        assert_eq!(
+            declared_type("timestamp", Some("timestamp_ntz")),
+            Some(DataType::Timestamp(TimeUnit::Microsecond, None))
+        );
         assert_eq!(declared_type("object", None), None);
         let prop = |name: &str, logical: Option<&str>, required: bool| Property {
             name: name.into(),

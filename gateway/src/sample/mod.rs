@@ -68,7 +68,13 @@ pub type DevUser = (
 pub const DEV_USERS: &[DevUser] = &[
     ("alice", &["analyst"], &[("region", "EMEA")], None, None),
     ("bob", &["analyst"], &[("region", "AMER")], None, None),
-    ("carol", &["analyst", "privacy_officer", "finance", "sales_admin"], &[("region", "EMEA")], Some("restricted"), None),
+    (
+        "carol",
+        &["analyst", "privacy_officer", "finance", "sales_admin"],
+        &[("region", "EMEA")],
+        Some("restricted"),
+        None,
+    ),
     ("dave", &["data_scientist"], &[], None, None),
     ("erin", &["auditor"], &[], None, None),
     ("olga", &["admin"], &[], None, None),
