@@ -138,9 +138,11 @@ impl Accelerated {
     }
 
     async fn load(&self, state: &SessionState) -> Result<Copy, String> {
-        let failed = |e: datafusion::error::DataFusionError| match meshgate_adapters::Error::find_in(&e) {
-            Some(a) => format!("the storage could not be read: {a}"),
-            None => "the storage could not be read".to_string(),
+        // The status is shown to callers: the detail (it may name locations) goes to the log.
+        let label = &self.label;
+        let failed = |e: datafusion::error::DataFusionError| {
+            tracing::warn!(port = %label, error = %e, "reading the storage for the in-memory copy failed");
+            "the storage could not be read; the gateway's log has the detail".to_string()
         };
         let plan = self.inner.scan(state, None, &[], None).await.map_err(failed)?;
         let plan = datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec::new(plan);
