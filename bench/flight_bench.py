@@ -4,7 +4,7 @@ The data is what the tools write: `tpchgen-cli`'s Parquet file as it comes (its 
 schema has view types), and an Arrow IPC file of the same table in 65,536-row batches written by
 pyarrow from it (types kept). Every server runs as its own process on 127.0.0.1 and is read by the
 same pyarrow client code. meshgate runs without authentication here (`--insecure-no-auth`): what
-authentication costs is a per-call check, measured separately once the wire-speed work adds it.
+authentication, policy and audit cost is measured by `wire_bench.py` (`bash bench/run.sh wire`).
 
 Printed per server: one stream (median of the rounds) as Mrows/s, messages per stream, time to
 first batch and bytes received; four concurrent streams; GetFlightInfo p50/p99 over 1,000 calls;

@@ -19,16 +19,28 @@
 # (bench/pushdown_bench.py).
 #
 #   bash bench/run.sh pushdown [SCALE]
+#
+# `wire` first: the rest of the wire-speed figures in one run (bench/wire_bench.py): iperf3's
+# loopback TCP limit next to four concurrent streams, four shard endpoints, authentication +
+# policy + audit on and off, body compression, and the server's peak memory with a slow client
+# and with 64 clients at once.
+#
+#   bash bench/run.sh wire [SCALE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bench=flight
 case "${1:-}" in
-  postgres | pushdown)
+  postgres | pushdown | wire)
     bench="$1"
     shift
     ;;
 esac
 scale="${1:-1}"
+if [ "$bench" = wire ] && ! command -v iperf3 >/dev/null; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends iperf3
+fi
 venv="${MESHGATE_VENV:-.venv}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r bench/requirements.txt

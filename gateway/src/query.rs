@@ -317,14 +317,25 @@ pub struct Planned {
     pub schema: SchemaRef,
 }
 
+/// One shard of a read split by the hash of the product's key: the key's columns and the
+/// predicate that keeps the shard's rows.
+#[derive(Debug, Clone)]
+pub struct KeyShard {
+    /// The key columns the predicate reads.
+    pub key: Vec<String>,
+    /// Boolean expression over the product's columns.
+    pub filter: Expr,
+}
+
 /// Plans `spec` over `table`: the port's table as the caller may see it (the governed table, or
-/// the adapter's table when governance is off).
+/// the adapter's table when governance is off). With `shard`, only that shard's rows.
 pub fn plan(
     ctx: &SessionContext,
     product: &Product,
     port: &Port,
     table: Arc<dyn TableProvider>,
     spec: &ReadSpec,
+    shard: Option<KeyShard>,
 ) -> Result<Planned> {
     let table_schema = table.schema();
     let contract_cols: Vec<&str> =
@@ -345,6 +356,16 @@ pub fn plan(
     // The contract is the interface: data columns it does not declare are not reachable, not
     // even from a filter.
     let mut df = ctx.read_table(table)?.select_columns(&contract_cols)?;
+    if let Some(shard) = shard {
+        if let Some(hidden) = shard.key.iter().find(|k| !contract_cols.contains(&k.as_str())) {
+            return Err(Error::BadColumns(format!(
+                "`{}` is split into shards by its key, and its key column `{}` is not readable for you; read it as one stream",
+                product.address(),
+                crate::text::clip(hidden)
+            )));
+        }
+        df = df.filter(shard.filter)?;
+    }
     if let Some(sql) = &spec.filter {
         let expr = parse_filter(ctx, product, &df, sql)?;
         df = df.filter(expr)?;

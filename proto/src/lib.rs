@@ -59,6 +59,7 @@ mod tests {
             shard_files: vec![],
             files_assigned: false,
             compression: String::new(),
+            shard_key: vec![],
         };
         let bytes = claims.encode_to_vec();
         // Hand-checked: field 10 (expiry) is `50 07`, field 11 (subject) `5a 05 "alice"`, field
@@ -84,6 +85,9 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(hex(&shard.encode_to_vec()), "9a01 09 0a0170 1003 1800 2005".replace(' ', ""));
+        // Field 22 (a shard's key columns): `b2 01`, then each column name.
+        let keyed = TicketClaims { shard_key: vec!["k".into()], ..Default::default() };
+        assert_eq!(hex(&keyed.encode_to_vec()), "b201016b");
         let signed = SignedTicket { claims: vec![9], signature: vec![8] };
         assert_eq!(hex(&signed.encode_to_vec()), "0a01091201 08".replace(' ', ""));
     }

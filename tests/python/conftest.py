@@ -122,10 +122,11 @@ def client(server) -> flight.FlightClient:
         yield c
 
 
-def contract(domain, name, columns, binding):
-    """An ODCS contract whose columns are `(name, logicalType or None)` and whose binding is
-    `binding`."""
-    props = "\n".join(f"      - name: {c}" + (f"\n        logicalType: {t}" if t else "") for c, t in columns)
+def contract(domain, name, columns, binding, key=()):
+    """An ODCS contract whose columns are `(name, logicalType or None)`, whose primary key is
+    the columns named in `key`, and whose binding is `binding`."""
+    props = "\n".join(f"      - name: {c}" + (f"\n        logicalType: {t}" if t else "")
+                      + ("\n        primaryKey: true" if c in key else "") for c, t in columns)
     return f"""apiVersion: v3.1.0
 kind: DataContract
 id: urn:test:{domain}:{name}:v1
@@ -143,8 +144,8 @@ customProperties:
 """
 
 
-def product(mesh: Path, domain, name, columns, binding):
-    """Writes a one-port product `domain/name` into `mesh`."""
+def product(mesh: Path, domain, name, columns, binding, key=()):
+    """Writes a one-port product `domain/name` into `mesh` (see `contract`)."""
     d = mesh / domain / name
     d.mkdir(parents=True)
     (d / "product.odps.yaml").write_text(
@@ -160,7 +161,7 @@ outputPorts:
     contractId: urn:test:{domain}:{name}:v1
 """
     )
-    (d / "v1.odcs.yaml").write_text(contract(domain, name, columns, binding))
+    (d / "v1.odcs.yaml").write_text(contract(domain, name, columns, binding, key))
 
 
 def read(client, *path, **query):

@@ -36,6 +36,7 @@ schema:
     properties:
       - name: person_id
         logicalType: integer
+        primaryKey: true
       - name: email
         logicalType: string
         classification: pii
@@ -108,6 +109,19 @@ def test_reads_are_served_from_memory_governed_and_refreshed_on_change(lab):
     describe = json.loads(list(c.do_action(flight.Action("describe", b"lab/people"), carol))[0].body.to_pybytes())
     assert describe["contract"]["acceleration"]["rows"] == 25
     assert describe["contract"]["acceleration"]["last_error"] is None
+
+    # The copy's size is a metric.
+    olga = c.authenticate_basic_token("olga", "olga-dev-password")[1].decode()
+    metrics = requests.get(f"{lab.http}/metrics", headers={"authorization": olga}, timeout=30).text
+    assert 'meshgate_acceleration_rows{product="lab/people",port="v1"} 25' in metrics
+    assert 'meshgate_acceleration_bytes{product="lab/people",port="v1"}' in metrics
+
+    # An in-memory copy is not files: shards split it by the contract's key, each row once.
+    query = json.dumps({"product": "lab/people", "shards": 3})
+    info = c.get_flight_info(flight.FlightDescriptor.for_command(query), carol)
+    parts = [c.do_get(e.ticket, carol).read_all() for e in info.endpoints]
+    assert sorted(i for p in parts for i in p.column("person_id").to_pylist()) == list(range(100, 125))
+    assert sum(1 for p in parts if p.num_rows) > 1
 
 
 def test_a_wrong_acceleration_is_a_load_error(tmp_path, sample_mesh):

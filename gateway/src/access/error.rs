@@ -109,8 +109,11 @@ pub enum Error {
         /// Number of shards asked for.
         count: u32,
     },
-    /// The read cannot be split into shards (its storage is not files); the text says why.
-    #[error("{0}")]
+    /// The read cannot be split into shards: its storage is not files and its contract
+    /// declares no key to split its rows by. Holds `domain/product`.
+    #[error(
+        "`{0}` cannot be split into shards: it is not stored as files (Parquet, CSV, JSON, Arrow IPC) and its contract declares no primary key (`primaryKey: true` on its key columns) to split its rows by; read it as one stream"
+    )]
     Unshardable(String),
     /// A file a shard was assigned changed or left the listing since `GetFlightInfo`.
     #[error(

@@ -47,8 +47,8 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use meshgate_adapters::VersionPin;
 use meshgate_adapters::flight::Caller;
+use meshgate_proto::v1::TicketClaims;
 use meshgate_proto::v1::ticket_claims::Read;
-use meshgate_proto::v1::{PinnedFile, TicketClaims};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
@@ -72,6 +72,7 @@ pub use limits::StatementLimits;
 pub use listing::{ForeignKey, SYSTEM_SCHEMA, TableEntry, TableKind};
 pub use mesh::{CATALOG, PORT_SEPARATOR, Resolved};
 pub use params::MAX_BYTES as MAX_PARAMETER_BYTES;
+use plan::Assignment;
 pub use plan::{AuthorizedPlan, ReadRequest, Shard, SqlRead};
 pub use publish::{Incoming, PublishError, Published};
 pub(crate) use shard::listed_files;
@@ -404,7 +405,7 @@ impl AccessCore {
                     port: Some(port.name.clone()),
                     ..ReadSpec::default()
                 };
-                match self.plan_in(&snapshot, p.clone(), ReadRequest::Product(spec)).await {
+                match self.plan_in(&snapshot, p.clone(), ReadRequest::Product(spec), None).await {
                     Ok(plan) => out.push(plan),
                     // Discoverable but not readable: listed nowhere a ticket would be useless.
                     Err(Error::Denied { .. }) => continue,
@@ -522,6 +523,21 @@ impl AccessCore {
         .await
     }
 
+    /// `(product, port, rows, bytes)` of every port served from an in-memory copy.
+    pub fn accelerations(&self) -> Vec<(String, String, u64, u64)> {
+        let snapshot = self.snapshot();
+        snapshot
+            .catalog
+            .products()
+            .flat_map(|p| {
+                p.ports.iter().filter_map(move |port| {
+                    let (rows, bytes) = port.acceleration.as_ref()?.rows_and_bytes();
+                    Some((p.address(), port.name.clone(), rows, bytes))
+                })
+            })
+            .collect()
+    }
+
     /// Reloads that put a catalog in force, reloads that failed, products the last one refused.
     pub fn reload_stats(&self) -> (u64, u64, u64) {
         self.reloads.get()
@@ -625,7 +641,8 @@ impl AccessCore {
     }
 
     /// The tickets of `plan`'s endpoints: one, or one per shard when the read asks for
-    /// `shards`, each pinning the files it reads ([`shard`]).
+    /// `shards`, each pinning the files it reads, or for storage that is not files, the key
+    /// by whose hash it takes its rows ([`shard`]).
     pub async fn tickets(&self, plan: &AuthorizedPlan) -> Result<Vec<IssuedTicket>> {
         let (count, seed) = match &plan.request {
             ReadRequest::Product(spec) => (spec.shards.unwrap_or(1), spec.shuffle_seed),
@@ -635,22 +652,36 @@ impl AccessCore {
             return Ok(vec![self.ticket(plan, Shard::WHOLE)?]);
         }
         let (df, label) = (plan.df.clone(), plan.label());
-        let mut shards = self
+        let assigned = self
             .exec
             .run(async move {
                 let physical = df.create_physical_plan().await.map_err(|e| Error::execution(&label, e))?;
                 shard::assign(&physical, count, &label)
             })
-            .await?;
-        if let Some(seed) = seed {
-            shard::shuffle(&mut shards, seed);
-        }
-        let mut tickets = Vec::with_capacity(shards.len());
-        for (index, files) in shards.into_iter().enumerate() {
-            let mut claims = plan.claims(Shard { index: index as u32, count })?;
-            claims.shard_files = files;
-            claims.files_assigned = true;
-            tickets.push(self.issue(claims));
+            .await;
+        let mut tickets = Vec::with_capacity(count as usize);
+        match assigned {
+            Ok(mut shards) => {
+                if let Some(seed) = seed {
+                    shard::shuffle(&mut shards, seed);
+                }
+                for (index, files) in shards.into_iter().enumerate() {
+                    let mut claims = plan.claims(Shard { index: index as u32, count })?;
+                    claims.shard_files = files;
+                    claims.files_assigned = true;
+                    tickets.push(self.issue(claims));
+                }
+            }
+            // Not files: split by the hash of the contract's key.
+            Err(Error::Unshardable(_)) => {
+                let key = plan.shard_key()?;
+                for index in shard::key_order(count, seed) {
+                    let mut claims = plan.claims(Shard { index, count })?;
+                    claims.shard_key.clone_from(&key);
+                    tickets.push(self.issue(claims));
+                }
+            }
+            Err(e) => return Err(e),
         }
         Ok(tickets)
     }
@@ -725,7 +756,7 @@ impl AccessCore {
     pub async fn read_ticket(self: &Arc<Self>, call: &Call, ticket: &[u8], offset: Option<u64>) -> Result<ReadStream> {
         let mut token = self.begin(call)?;
         match self.redeem(call, ticket, token.as_mut()).await {
-            Ok((plan, shard, pinned)) => self.run(call, plan, shard, pinned, offset, token).await,
+            Ok((plan, shard, assignment)) => self.run(call, plan, shard, assignment, offset, token).await,
             Err(e) => Err(fail(token, e).await),
         }
     }
@@ -739,7 +770,7 @@ impl AccessCore {
         if let Some(t) = token.as_mut() {
             note(t, &plan, None);
         }
-        self.run(call, plan, shard, None, None, token).await
+        self.run(call, plan, shard, Assignment::Whole, None, token).await
     }
 
     /// Runs `work` for the caller and records its outcome durably before returning it.
@@ -783,16 +814,23 @@ impl AccessCore {
         call: &Call,
         ticket: &[u8],
         token: Option<&mut AuditToken>,
-    ) -> Result<(AuthorizedPlan, Shard, Option<Vec<PinnedFile>>)> {
+    ) -> Result<(AuthorizedPlan, Shard, Assignment)> {
         let claims = self.own_claims(call, ticket)?;
         let request = ReadRequest::from_claims(&claims)?;
-        let plan = self.plan(call.principal.clone(), request).await?;
+        let shard = Shard { index: claims.shard_index, count: claims.shard_count };
+        let assignment = Assignment::of(&claims);
+        let key_shard = match &assignment {
+            Assignment::Key(key) => {
+                Some(query::KeyShard { key: key.clone(), filter: shard::key_filter(key, shard.index, shard.count) })
+            }
+            _ => None,
+        };
+        let plan = self.plan_sharded(call.principal.clone(), request, key_shard).await?;
         if let Some(t) = token {
             note(t, &plan, Some(&hex::encode(&claims.ticket_id)));
         }
         plan.check_fresh(&claims.resources)?;
-        let pinned = claims.files_assigned.then(|| claims.shard_files.clone());
-        Ok((plan, Shard { index: claims.shard_index, count: claims.shard_count }, pinned))
+        Ok((plan, shard, assignment))
     }
 
     /// Takes a read slot, starts the plan on the execution runtime, records that data is about
@@ -802,7 +840,7 @@ impl AccessCore {
         call: &Call,
         plan: AuthorizedPlan,
         shard: Shard,
-        pinned: Option<Vec<PinnedFile>>,
+        assignment: Assignment,
         offset: Option<u64>,
         mut token: Option<AuditToken>,
     ) -> Result<ReadStream> {
@@ -825,16 +863,28 @@ impl AccessCore {
         });
         let AuthorizedPlan { df, schema, .. } = plan;
         let started = async {
-            if offset.is_some() && pinned.is_none() {
-                return Err(Error::BadOption(format!(
-                    "{RESUME_HEADER} resumes a shard's stream, whose rows come in a fixed order; ask GetFlightInfo for \"shards\" and resume those endpoints"
-                )));
+            match (&assignment, offset) {
+                (Assignment::Files(_), _) | (_, None) => {}
+                (Assignment::Key(_), Some(_)) => {
+                    return Err(Error::BadOption(format!(
+                        "{RESUME_HEADER} cannot resume this shard: `{label}` is not stored as files, so the rows of a shard split by its key come in no fixed order; read the shard again from the start"
+                    )));
+                }
+                (Assignment::Whole, Some(_)) => {
+                    return Err(Error::BadOption(format!(
+                        "{RESUME_HEADER} resumes a shard's stream, whose rows come in a fixed order; ask GetFlightInfo for \"shards\" and resume those endpoints"
+                    )));
+                }
             }
-            match &pinned {
-                // Files assigned by GetFlightInfo: this gateway can serve exactly them.
-                Some(_) if shard.index < shard.count => {}
+            match &assignment {
+                // Files or a key assigned by GetFlightInfo: this gateway serves exactly them.
+                Assignment::Files(_) | Assignment::Key(_) if shard.index < shard.count => {}
                 _ => shard.check()?,
             }
+            let pinned = match assignment {
+                Assignment::Files(files) => Some(files),
+                _ => None,
+            };
             let permit = Arc::clone(&self.reads)
                 .try_acquire_owned()
                 .map_err(|_| Error::Busy { limit: self.options.max_reads })?;
@@ -886,11 +936,22 @@ impl AccessCore {
 
     /// Plans `request` for `p` on the execution runtime.
     async fn plan(self: &Arc<Self>, p: Principal, request: ReadRequest) -> Result<AuthorizedPlan> {
+        self.plan_sharded(p, request, None).await
+    }
+
+    /// Plans `request` for `p` on the execution runtime, keeping only the rows of `key_shard`
+    /// when the read is one shard of a product split by its key.
+    async fn plan_sharded(
+        self: &Arc<Self>,
+        p: Principal,
+        request: ReadRequest,
+        key_shard: Option<query::KeyShard>,
+    ) -> Result<AuthorizedPlan> {
         let core = Arc::clone(self);
         self.exec
             .run(async move {
                 let snapshot = core.snapshot();
-                core.plan_in(&snapshot, p, request).await
+                core.plan_in(&snapshot, p, request, key_shard).await
             })
             .await
     }
@@ -901,6 +962,7 @@ impl AccessCore {
         snapshot: &Arc<MeshSnapshot>,
         p: Principal,
         request: ReadRequest,
+        key_shard: Option<query::KeyShard>,
     ) -> Result<AuthorizedPlan> {
         let view = Arc::new(PrincipalView::new(Arc::clone(snapshot), p.clone(), Arc::clone(&self.decisions)));
         let mut data_version = None;
@@ -914,7 +976,7 @@ impl AccessCore {
                 let ctx = SessionContext::new_with_state(
                     SessionStateBuilder::new_from_existing(self.ctx.state()).with_config(self.read_config(&p)).build(),
                 );
-                let planned = query::plan(&ctx, &r.product, &r.port, table, spec)?;
+                let planned = query::plan(&ctx, &r.product, &r.port, table, spec, key_shard)?;
                 (planned.df, planned.schema, Arc::new(arrow::datatypes::Schema::empty()))
             }
             ReadRequest::Sql(read) => self.plan_sql(&view, read).await?,

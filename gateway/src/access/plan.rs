@@ -1,10 +1,12 @@
 //! What a caller asks to read, and the plan the core authorized for it.
 
+use std::sync::Arc;
+
 use arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
 use datafusion::prelude::DataFrame;
 use meshgate_proto::v1::ticket_claims::Read;
-use meshgate_proto::v1::{ProductRead, ResourceRead, SqlStatement, TicketClaims};
+use meshgate_proto::v1::{PinnedFile, ProductRead, ResourceRead, SqlStatement, TicketClaims};
 use serde_json::{Value, json};
 
 use super::error::{Error, Result};
@@ -127,6 +129,30 @@ impl ReadRequest {
     }
 }
 
+/// How an endpoint's share of a read is decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Assignment {
+    /// The whole read (one endpoint).
+    Whole,
+    /// The files and byte ranges GetFlightInfo assigned the shard.
+    Files(Vec<PinnedFile>),
+    /// The rows whose key (these columns) hashes to the shard.
+    Key(Vec<String>),
+}
+
+impl Assignment {
+    /// The assignment a ticket's claims carry.
+    pub(crate) fn of(claims: &TicketClaims) -> Self {
+        if !claims.shard_key.is_empty() {
+            Self::Key(claims.shard_key.clone())
+        } else if claims.files_assigned {
+            Self::Files(claims.shard_files.clone())
+        } else {
+            Self::Whole
+        }
+    }
+}
+
 /// Which part of a read one endpoint serves: `index` of `count` (0-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
@@ -188,6 +214,31 @@ impl AuthorizedPlan {
     /// information the rows would not give).
     fn restricted(&self) -> bool {
         self.row_filtered() || self.reads.iter().any(|r| r.grant.as_ref().is_some_and(|g| !g.masks.is_empty()))
+    }
+
+    /// The key by which a product read that is not stored as files is split into shards: its
+    /// contract's `primaryKey` columns, in declaration order. Refused when the contract
+    /// declares none, or when the caller cannot read one of them.
+    pub(crate) fn shard_key(&self) -> Result<Vec<String>> {
+        let Some((_, r)) = self.single() else {
+            return Err(Error::BadOption("only a product read can be split into shards".into()));
+        };
+        let key: Vec<String> =
+            r.port.contract.properties.iter().filter(|p| p.primary_key).map(|p| p.name.clone()).collect();
+        if key.is_empty() {
+            return Err(Error::Unshardable(r.product.address()));
+        }
+        let visible = match r.grant.as_ref().and_then(|g| g.table.as_ref()) {
+            Some(t) => datafusion::catalog::TableProvider::schema(t.as_ref()),
+            None => Arc::clone(&r.port.schema),
+        };
+        if let Some(hidden) = key.iter().find(|k| visible.index_of(k).is_err()) {
+            return Err(Error::BadOption(format!(
+                "`{}` is split into shards by its key, and its key column `{hidden}` is not readable for you; read it as one stream",
+                r.product.address()
+            )));
+        }
+        Ok(key)
     }
 
     fn single(&self) -> Option<(&ReadSpec, &Resolved)> {

@@ -14,15 +14,27 @@
 //! Files added after `GetFlightInfo` are not read by its endpoints; a pinned file that changed
 //! size or is no longer listed for the caller (removed, or now outside the caller's row filter)
 //! fails the endpoint with "call GetFlightInfo again" instead of returning different rows.
+//!
+//! A product not stored as files (PostgreSQL, another gateway, an in-memory copy) is split by
+//! its contract's key instead: shard i of N takes the rows whose key hashes to i
+//! ([`key_filter`]: XxHash64 of the key's text, a fixed function, so every replica and release
+//! agrees). Each shard reads the storage and keeps its own rows; such a shard has no fixed row
+//! order, so it cannot be resumed part-way.
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use datafusion::arrow::array::{Array, ArrayRef, StringArray, UInt32Builder};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig};
 use datafusion::datasource::source::{DataSource, DataSourceExec};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, col, lit,
+};
 use datafusion::physical_plan::ExecutionPlan;
 use meshgate_proto::v1::PinnedFile;
 
@@ -47,9 +59,7 @@ fn file_scan(plan: &Arc<dyn ExecutionPlan>, product: &str) -> Result<FileScanCon
     .map_err(|e| Error::execution(product, e))?;
     match (scans.len(), other) {
         (1, None) => Ok(scans.remove(0)),
-        _ => Err(Error::Unshardable(format!(
-            "`{product}` cannot be split into shards: only products stored as files (Parquet, CSV, JSON, Arrow IPC) are; read it as one stream"
-        ))),
+        _ => Err(Error::Unshardable(product.to_string())),
     }
 }
 
@@ -104,25 +114,108 @@ pub(crate) fn assign(plan: &Arc<dyn ExecutionPlan>, count: u32, product: &str) -
     Ok(shards)
 }
 
-/// Orders `shards` and the files within each by `seed`: the same seed, the same order (a
-/// fixed generator, SplitMix64, and Fisher–Yates, so the order holds across releases).
-pub(crate) fn shuffle(shards: &mut [Vec<PinnedFile>], seed: u64) {
+/// A fixed generator (SplitMix64) seeded with `seed`, so an order holds across releases.
+fn generator(seed: u64) -> impl FnMut() -> u64 {
     let mut state = seed;
-    let mut next = move || {
+    move || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
-    };
-    fn permute<T>(items: &mut [T], next: &mut impl FnMut() -> u64) {
-        for i in (1..items.len()).rev() {
-            items.swap(i, (next() % (i as u64 + 1)) as usize);
-        }
     }
+}
+
+/// Fisher–Yates over `items`, drawing from `next`.
+fn permute<T>(items: &mut [T], next: &mut impl FnMut() -> u64) {
+    for i in (1..items.len()).rev() {
+        items.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+}
+
+/// Orders `shards` and the files within each by `seed`: the same seed, the same order.
+pub(crate) fn shuffle(shards: &mut [Vec<PinnedFile>], seed: u64) {
+    let mut next = generator(seed);
     permute(shards, &mut next);
     for files in shards.iter_mut() {
         permute(files, &mut next);
+    }
+}
+
+/// The order in which the endpoints of a read split by key list its `count` shards: by
+/// `seed` when given, else in index order.
+pub(crate) fn key_order(count: u32, seed: Option<u64>) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..count).collect();
+    if let Some(seed) = seed {
+        permute(&mut order, &mut generator(seed));
+    }
+    order
+}
+
+/// The predicate that keeps the rows of `shard` (index of count) of a read split by the hash
+/// of `key`'s columns.
+pub(crate) fn key_filter(key: &[String], index: u32, count: u32) -> Expr {
+    let mut args = vec![lit(count)];
+    args.extend(key.iter().map(|c| col(datafusion::common::Column::new_unqualified(c))));
+    ScalarUDF::new_from_impl(ShardOf::default()).call(args).eq(lit(index))
+}
+
+/// `meshgate_shard_of(count, key...)`: which of `count` shards a row belongs to, by the
+/// XxHash64 (seed 0) of its key columns' text, each preceded by a byte saying whether it is
+/// null, taken modulo `count`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ShardOf {
+    signature: Signature,
+}
+
+impl Default for ShardOf {
+    fn default() -> Self {
+        Self { signature: Signature::variadic_any(Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for ShardOf {
+    fn name(&self) -> &str {
+        "meshgate_shard_of"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::UInt32)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        use std::hash::Hasher;
+        let count = match args.args.first() {
+            Some(ColumnarValue::Scalar(ScalarValue::UInt32(Some(n)))) if *n > 0 => u64::from(*n),
+            _ => return datafusion::common::exec_err!("meshgate_shard_of takes a positive shard count first"),
+        };
+        let rows = args.number_rows;
+        let texts = args.args[1..]
+            .iter()
+            .map(|a| {
+                let a = a.to_array(rows)?;
+                Ok(datafusion::arrow::compute::cast(&a, &DataType::Utf8)?)
+            })
+            .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
+        let texts: Vec<&StringArray> = texts.iter().filter_map(|a| a.as_any().downcast_ref::<StringArray>()).collect();
+        let mut out = UInt32Builder::with_capacity(rows);
+        for row in 0..rows {
+            let mut h = twox_hash::XxHash64::with_seed(0);
+            for t in &texts {
+                if t.is_null(row) {
+                    h.write(&[0]);
+                } else {
+                    h.write(&[1]);
+                    h.write(t.value(row).as_bytes());
+                }
+            }
+            out.append_value((h.finish() % count) as u32);
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
     }
 }
 
@@ -263,5 +356,46 @@ mod tests {
         let e = assign(&plan, 2, "a/b").unwrap_err();
         assert!(matches!(e, Error::Unshardable(_)), "{e}");
         assert!(e.to_string().contains("read it as one stream"));
+    }
+
+    #[tokio::test]
+    async fn shards_by_key_take_every_row_once_whatever_the_key_type() {
+        let ctx = SessionContext::new();
+        let sql = "SELECT * FROM (VALUES (1, 'a'), (2, 'b'), (3, NULL), (4, 'd'), (5, 'e'), (6, 'f'), (7, 'g'), (8, 'h')) AS v(n, s)";
+        for key in [vec!["n".to_string()], vec!["s".to_string()], vec!["n".to_string(), "s".to_string()]] {
+            let mut got = Vec::new();
+            let mut sizes = Vec::new();
+            for index in 0..3 {
+                let df = ctx.sql(sql).await.unwrap().filter(key_filter(&key, index, 3)).unwrap();
+                let batches = df.select_columns(&["n"]).unwrap().collect().await.unwrap();
+                let before = got.len();
+                for b in batches {
+                    let c = b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+                    got.extend(c.values().iter().copied());
+                }
+                sizes.push(got.len() - before);
+            }
+            got.sort_unstable();
+            assert_eq!(got, (1..=8).collect::<Vec<i64>>(), "{key:?}");
+            assert!(sizes.iter().filter(|n| **n > 0).count() >= 2, "{key:?} spreads rows: {sizes:?}");
+        }
+        // The hash is fixed: these assignments hold across releases and replicas.
+        let df = ctx.sql("SELECT * FROM (VALUES (1), (2), (3), (4)) AS v(n)").await.unwrap();
+        let df = df.select(vec![ScalarUDF::new_from_impl(ShardOf::default()).call(vec![lit(4u32), col("n")])]).unwrap();
+        let b = &df.collect().await.unwrap()[0];
+        let c = b.column(0).as_any().downcast_ref::<arrow::array::UInt32Array>().unwrap();
+        assert_eq!(c.values().to_vec(), SHARDS_OF_1_TO_4.to_vec());
+    }
+
+    /// XxHash64(seed 0) of `[1, "1"]` ... `[1, "4"]`, modulo 4.
+    const SHARDS_OF_1_TO_4: [u32; 4] = [2, 1, 3, 0];
+
+    #[test]
+    fn key_orders_are_permutations_fixed_by_the_seed() {
+        assert_eq!(key_order(4, None), vec![0, 1, 2, 3]);
+        assert_eq!(key_order(6, Some(3)), key_order(6, Some(3)));
+        let mut o = key_order(6, Some(3));
+        o.sort_unstable();
+        assert_eq!(o, (0..6).collect::<Vec<u32>>());
     }
 }

@@ -199,6 +199,11 @@ impl Accelerated {
         &self.inner
     }
 
+    /// Rows and bytes of the copy in memory (0 and 0 when none is kept).
+    pub fn rows_and_bytes(&self) -> (u64, u64) {
+        self.copy.load().as_ref().map_or((0, 0), |c| (c.rows, c.bytes))
+    }
+
     /// Bytes the copy holds now.
     pub fn bytes(&self) -> u64 {
         self.copy.load().as_ref().map_or(0, |c| c.bytes)

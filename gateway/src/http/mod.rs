@@ -310,6 +310,7 @@ async fn metrics(
         refused,
         memory: state.core.memory_pool(),
         lineage: state.core.lineage_counts(),
+        accelerated: state.core.accelerations(),
     };
     let body = state.metrics.render(live);
     Ok(([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)

@@ -93,6 +93,8 @@ pub struct Live {
     pub memory: (u64, u64),
     /// Lineage events `(sent, dropped, failed)`, when lineage is reported.
     pub lineage: Option<(u64, u64, u64)>,
+    /// `(product, port, rows, bytes)` of every port served from an in-memory copy.
+    pub accelerated: Vec<(String, String, u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -175,6 +177,23 @@ impl Collector for LiveCollector {
             )?;
             for (outcome, n) in [("sent", sent), ("dropped", dropped), ("failed", failed)] {
                 ConstCounter::new(n).encode(family.encode_family(&[("outcome", outcome)])?)?;
+            }
+        }
+        if !live.accelerated.is_empty() {
+            for (name, help, pick) in [
+                (
+                    "meshgate_acceleration_bytes",
+                    "Bytes of a port's in-memory copy (0 while none is kept).",
+                    (|r: &(String, String, u64, u64)| r.3) as fn(&(String, String, u64, u64)) -> u64,
+                ),
+                ("meshgate_acceleration_rows", "Rows of a port's in-memory copy.", |r| r.2),
+            ] {
+                let mut family =
+                    encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;
+                for r in &live.accelerated {
+                    let labels = [("product", r.0.as_str()), ("port", r.1.as_str())];
+                    ConstGauge::new(pick(r) as i64).encode(family.encode_family(&labels)?)?;
+                }
             }
         }
         put(
@@ -405,9 +424,12 @@ mod tests {
             ports: vec![("sales/orders".into(), "v1".into(), "files".into(), false)],
             reloads: (3, 1),
             lineage: Some((7, 2, 1)),
+            accelerated: vec![("sales/orders".into(), "v1".into(), 10, 4096)],
             ..Live::default()
         });
         for line in [
+            r#"meshgate_acceleration_bytes{product="sales/orders",port="v1"} 4096"#,
+            r#"meshgate_acceleration_rows{product="sales/orders",port="v1"} 10"#,
             r#"meshgate_lineage_events_total{outcome="dropped"} 2"#,
             r#"meshgate_rpc_requests_total{rpc="DoGet",code="NOT_FOUND"} 1"#,
             r#"meshgate_rpc_duration_seconds_count{rpc="DoGet"} 1"#,
