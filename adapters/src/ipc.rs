@@ -3,8 +3,8 @@
 //! DataFusion's own IPC source fetches every byte range of its partition in one request before it
 //! decodes the first batch: a 1 GB file split four ways holds 250 MB per stream in memory and
 //! makes the client wait for all of it. [`BlockwiseArrowFormat`] reads the footer, then each
-//! record batch's block on its own (the next one fetched while the current one is decoded), so the
-//! first batch leaves after one block's read and a stream holds two blocks at most. It works over
+//! record batch's block on its own, when the next batch is asked for, so the first batch leaves
+//! after one block's read and a stream holds one block at a time. It works over
 //! any `object_store`, and decodes each file's columns by name into the table's declared types
 //! (view columns cast to classic ones when the table says so), so a table may declare the types
 //! its clients read whatever the files store.
@@ -57,8 +57,10 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt};
 
-/// Blocks fetched ahead of the one being decoded, per stream.
-const READ_AHEAD: usize = 2;
+/// Blocks fetched at once per stream: one, so a stream that is not asked for its next batch
+/// (its client is slow, its budget spent) holds no block beyond the batch it gave; the
+/// partitions of a read fetch in parallel.
+const READ_AHEAD: usize = 1;
 
 /// Bytes at the end of an IPC file: footer length (4) and the magic `ARROW1` (6).
 const TRAILER: u64 = 10;

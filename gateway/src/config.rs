@@ -191,6 +191,17 @@ pub struct GatewayConfig {
     #[arg(long, env = "MESHGATE_MAX_PUBLISH_BYTES", default_value_t = crate::access::publish::DEFAULT_MAX_PUBLISH_BYTES)]
     pub max_publish_bytes: u64,
 
+    /// Memory one stream's batches may pin between storage and the network (suffixes KiB, MiB,
+    /// GiB). A client that reads slowly makes its stream read storage only as fast as it
+    /// takes the data; the server never holds more for it, however large the product.
+    #[arg(long, env = "MESHGATE_STREAM_BUDGET", default_value = "64MiB", value_parser = parse_size)]
+    pub stream_budget: usize,
+
+    /// Memory the batches of all streams together may pin; streams wait for room (they are
+    /// never refused for it).
+    #[arg(long, env = "MESHGATE_STREAMS_BUDGET", default_value = "512MiB", value_parser = parse_size)]
+    pub streams_budget: usize,
+
     /// Reads (DoGet streams) that may run at once; one more is refused with
     /// `RESOURCE_EXHAUSTED` until one ends.
     #[arg(long, env = "MESHGATE_MAX_CONCURRENT_READS", default_value_t = crate::access::DEFAULT_MAX_READS)]
@@ -293,6 +304,8 @@ impl GatewayConfig {
             statement_max_rows: 0,
             max_publish_bytes: crate::access::publish::DEFAULT_MAX_PUBLISH_BYTES,
             max_concurrent_reads: crate::access::DEFAULT_MAX_READS,
+            stream_budget: 64 << 20,
+            streams_budget: 512 << 20,
             exec_threads: 0,
             http_listen: HttpListen(None),
             metrics_auth: crate::http::MetricsAuth::None,

@@ -243,6 +243,8 @@ impl Gateway {
                     max_rows: Some(config.statement_max_rows).filter(|n| *n > 0),
                 },
                 max_publish_bytes: config.max_publish_bytes,
+                stream_budget: config.stream_budget,
+                streams_budget: config.streams_budget,
             })
             .with_stop(stopped)
             .with_metrics(Arc::clone(&metrics))

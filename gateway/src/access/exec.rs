@@ -2,25 +2,191 @@
 //!
 //! Planning and execution are CPU work that can take seconds (a large sort, a Parquet decode);
 //! on the accept runtime they would delay every other caller's Handshake and GetFlightInfo. The
-//! [`Executor`] runs them on its own threads and hands batches back through a channel of two,
-//! so a slow client holds at most a couple of batches in it (backpressure reaches the scan).
+//! [`Executor`] runs them on its own threads and hands batches back to the stream sent to the
+//! client.
+//!
+//! ## Memory: a budget per stream and one for all
+//! What a read holds is bounded however slow its client ([`Budget`]). Each output partition of
+//! the plan is pumped by its own task; before it reads the next batch from storage, the task
+//! takes room for it (the size of its previous batch) from the stream's budget
+//! (`--stream-budget`) and from the budget all streams share (`--streams-budget`), and waits
+//! while either is spent. The room travels with the batch and is given back once the batch has
+//! been encoded for the client. A batch is charged what it pins: every distinct buffer it
+//! references, whole (a column sliced from a larger read buffer keeps all of it alive). A task
+//! waits only while it holds nothing, so streams never wait on each other in a cycle; when a
+//! batch turns out larger than the room taken it takes the rest if free and is otherwise let
+//! through (bounded by one batch per partition).
 
+use std::collections::HashSet;
 use std::future::Future;
+use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayData, RecordBatch};
 use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::ExecutionPlanProperties;
 use datafusion::prelude::DataFrame;
 use futures::{Stream, StreamExt};
 use tokio::runtime::{Handle, Runtime};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::{Error, Result};
 use crate::audit::AuditToken;
 use crate::governance::{check_guarded, columns_read};
 use crate::metrics::StreamMetrics;
 
-/// Batches in flight between the execution runtime and the stream sent to the client.
-const CHANNEL_BATCHES: usize = 2;
+/// Default `--stream-budget`: what one stream's batches may pin between storage and the network.
+pub(crate) const DEFAULT_STREAM_BUDGET: usize = 64 << 20;
+
+/// Default `--streams-budget`: what the batches of every stream together may pin.
+pub(crate) const DEFAULT_STREAMS_BUDGET: usize = 512 << 20;
+
+/// Room taken for a partition's first batch, before its size is known.
+const FIRST_GUESS: usize = 4 << 20;
+
+/// Budgets are counted in KiB (a semaphore's permits).
+const UNIT: usize = 1024;
+
+/// Memory the batches of reads may pin between storage and the network: per stream, and for
+/// all streams together.
+#[derive(Debug, Clone)]
+pub(crate) struct Budget {
+    per_stream: usize,
+    shared: Arc<Semaphore>,
+    shared_bytes: usize,
+}
+
+impl Budget {
+    /// `per_stream` bytes for each stream, `shared` bytes for all.
+    pub(crate) fn new(per_stream: usize, shared: usize) -> Self {
+        let shared_units = (shared / UNIT).clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            per_stream: per_stream.max(UNIT),
+            shared: Arc::new(Semaphore::new(shared_units)),
+            shared_bytes: shared_units * UNIT,
+        }
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self::new(DEFAULT_STREAM_BUDGET, DEFAULT_STREAMS_BUDGET)
+    }
+}
+
+/// The bytes `batch` keeps alive: every distinct buffer it references, at its capacity.
+pub(crate) fn pinned_bytes(batch: &RecordBatch) -> usize {
+    fn walk(data: &ArrayData, seen: &mut HashSet<(usize, usize)>, total: &mut usize) {
+        let buffers = data.buffers().iter().chain(data.nulls().map(|n| n.buffer()));
+        for b in buffers {
+            if seen.insert((b.data_ptr().as_ptr() as usize, b.capacity())) {
+                *total += b.capacity();
+            }
+        }
+        for child in data.child_data() {
+            walk(child, seen, total);
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for c in batch.columns() {
+        walk(&c.to_data(), &mut seen, &mut total);
+    }
+    total
+}
+
+/// Room taken from a stream's budget and the shared one for one batch.
+#[derive(Debug)]
+struct Room {
+    stream: Option<OwnedSemaphorePermit>,
+    shared: Option<OwnedSemaphorePermit>,
+}
+
+impl Room {
+    /// Waits for `units` from both budgets (taking none while waiting for the other).
+    async fn take(stream: &Arc<Semaphore>, shared: &Arc<Semaphore>, units: u32) -> Option<Self> {
+        let stream = Arc::clone(stream).acquire_many_owned(units).await.ok()?;
+        let shared = Arc::clone(shared).acquire_many_owned(units).await.ok()?;
+        Some(Self { stream: Some(stream), shared: Some(shared) })
+    }
+
+    /// Fits the room to `units`: gives back what the batch does not need, and takes what it
+    /// needs beyond the room where the budgets have it free now (a batch is never held back
+    /// for it).
+    fn fit(&mut self, stream: &Arc<Semaphore>, shared: &Arc<Semaphore>, units: u32) {
+        for (held, from) in [(&mut self.stream, stream), (&mut self.shared, shared)] {
+            let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
+            if units < have {
+                if let Some(p) = held.as_mut() {
+                    drop(p.split((have - units) as usize));
+                }
+            } else if units > have
+                && let Ok(more) = Arc::clone(from).try_acquire_many_owned(units - have)
+            {
+                match held {
+                    Some(p) => p.merge(more),
+                    None => *held = Some(more),
+                }
+            }
+        }
+    }
+}
+
+/// Merges `partitions` into one stream, each pumped by its own task on `handle` within
+/// `budget`. Dropping the stream stops the tasks.
+pub(crate) fn budgeted(
+    handle: &Handle,
+    partitions: Vec<SendableRecordBatchStream>,
+    budget: &Budget,
+) -> impl Stream<Item = Result<RecordBatch, DataFusionError>> + Send + 'static + use<> {
+    let count = partitions.len().max(1);
+    // Each partition may hold its share of the stream's budget, so partitions of one stream
+    // never wait on each other; one batch larger than a share is charged the share.
+    let per_stream = budget.per_stream.min(budget.shared_bytes);
+    let cap = ((per_stream / count) / UNIT).max(1) as u32;
+    let stream_units = Arc::new(Semaphore::new((per_stream / UNIT).max(count)));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Result<RecordBatch, DataFusionError>, Room)>();
+    for mut partition in partitions {
+        let (tx, stream_units, shared) = (tx.clone(), Arc::clone(&stream_units), Arc::clone(&budget.shared));
+        handle.spawn(async move {
+            let mut guess = ((FIRST_GUESS / UNIT) as u32).min(cap);
+            loop {
+                let room = tokio::select! {
+                    // The reader went away: stop reading storage.
+                    () = tx.closed() => return,
+                    room = Room::take(&stream_units, &shared, guess) => room,
+                };
+                let Some(mut room) = room else { return };
+                let next = tokio::select! {
+                    () = tx.closed() => return,
+                    next = partition.next() => next,
+                };
+                match next {
+                    Some(Ok(batch)) => {
+                        let units = (pinned_bytes(&batch).div_ceil(UNIT) as u32).clamp(1, cap);
+                        room.fit(&stream_units, &shared, units);
+                        guess = units;
+                        if tx.send((Ok(batch), room)).is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        let _ = tx.send((Err(e), room));
+                        return;
+                    }
+                    None => return,
+                }
+            }
+        });
+    }
+    // The room of the batch last handed out is given back when the next one is asked for:
+    // by then the encoder has sent every message of it.
+    futures::stream::unfold((rx, None::<Room>), |(mut rx, last)| async move {
+        drop(last);
+        let (item, room) = rx.recv().await?;
+        Some((item, (rx, Some(room))))
+    })
+}
 
 /// A multi-threaded runtime for planning and executing reads.
 #[derive(Debug)]
@@ -61,10 +227,11 @@ impl Executor {
         guarded: bool,
         label: String,
         pinned: Option<Vec<meshgate_proto::v1::PinnedFile>>,
+        budget: &Budget,
     ) -> Result<(impl Stream<Item = Result<RecordBatch, DataFusionError>> + Send + 'static, Vec<(String, Vec<String>)>)>
     {
-        let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_BATCHES);
-        let (ready, started) = tokio::sync::oneshot::channel::<Result<Vec<(String, Vec<String>)>>>();
+        let (ready, started) =
+            tokio::sync::oneshot::channel::<Result<(Vec<SendableRecordBatchStream>, Vec<(String, Vec<String>)>)>>();
         self.handle.spawn(async move {
             let task = df.task_ctx();
             let plan = match df.create_physical_plan().await {
@@ -84,31 +251,17 @@ impl Executor {
                 return drop(ready.send(Err(Error::Internal("the plan could not be verified as governed".into()))));
             }
             let read = columns_read(&plan);
-            let mut batches = match datafusion::physical_plan::execute_stream(plan, std::sync::Arc::new(task)) {
-                Ok(s) => s,
-                Err(e) => return drop(ready.send(Err(Error::execution(label, e)))),
-            };
-            if ready.send(Ok(read)).is_err() {
-                return;
-            }
-            loop {
-                let next = tokio::select! {
-                    // The reader went away: stop reading storage.
-                    () = tx.closed() => return,
-                    next = batches.next() => next,
-                };
-                match next {
-                    Some(b) => {
-                        if tx.send(b).await.is_err() {
-                            return;
-                        }
-                    }
-                    None => return,
-                }
-            }
+            let task = Arc::new(task);
+            let partitions = (0..plan.output_partitioning().partition_count())
+                .map(|p| plan.execute(p, Arc::clone(&task)))
+                .collect::<datafusion::error::Result<Vec<_>>>();
+            drop(ready.send(match partitions {
+                Ok(p) => Ok((p, read)),
+                Err(e) => Err(Error::execution(label, e)),
+            }));
         });
         match started.await {
-            Ok(Ok(read)) => Ok((tokio_stream::wrappers::ReceiverStream::new(rx), read)),
+            Ok(Ok((partitions, read))) => Ok((budgeted(&self.handle, partitions, budget), read)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::Internal("the execution task ended before the read started".into())),
         }
@@ -254,6 +407,99 @@ mod tests {
     use arrow::array::ArrayRef;
     use futures::{TryStreamExt, stream};
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A partition of `batches` batches of 1 MiB each, counting the batches it has produced.
+    fn counted(batches: usize, produced: Arc<AtomicUsize>) -> SendableRecordBatchStream {
+        use arrow::array::UInt8Array;
+        use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+            "b",
+            arrow::datatypes::DataType::UInt8,
+            false,
+        )]));
+        let batch =
+            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(UInt8Array::from(vec![0u8; 1 << 20])) as ArrayRef])
+                .unwrap();
+        let items = stream::iter(0..batches).map(move |_| {
+            produced.fetch_add(1, Ordering::SeqCst);
+            Ok(batch.clone())
+        });
+        Box::pin(RecordBatchStreamAdapter::new(schema, items))
+    }
+
+    /// Lets the pump tasks run until they all wait.
+    async fn settle() {
+        for _ in 0..200 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[test]
+    fn a_batch_is_charged_what_it_pins() {
+        use arrow::array::Int64Array;
+        let big = Int64Array::from_iter_values(0..100_000);
+        let batch = RecordBatch::try_from_iter([
+            ("a", Arc::new(big.slice(0, 10)) as ArrayRef),
+            ("b", Arc::new(big.slice(10, 10)) as ArrayRef),
+        ])
+        .unwrap();
+        // Two ten-row slices keep the whole 800 kB buffer alive, once.
+        let pinned = pinned_bytes(&batch);
+        assert!((800_000..900_000).contains(&pinned), "{pinned}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_slow_reader_stops_storage_at_its_budget_and_all_rows_arrive() {
+        let produced = Arc::new(AtomicUsize::new(0));
+        let budget = Budget::new(8 << 20, 1 << 30);
+        let parts = vec![counted(100, Arc::clone(&produced)), counted(100, Arc::clone(&produced))];
+        let mut out = Box::pin(budgeted(&Handle::current(), parts, &budget));
+        // Nobody reads: each partition stops once its share (4 MiB) is held, plus the batch it
+        // took room for.
+        settle().await;
+        let held = produced.load(Ordering::SeqCst);
+        assert!((2..=10).contains(&held), "{held} batches of 1 MiB read for an 8 MiB budget");
+        // Reading one lets one more in; reading all gets every batch, each once.
+        out.next().await.unwrap().unwrap();
+        settle().await;
+        assert!(produced.load(Ordering::SeqCst) <= held + 1);
+        let mut n = 1;
+        while let Some(b) = out.next().await {
+            b.unwrap();
+            n += 1;
+        }
+        assert_eq!(n, 200);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn streams_share_one_budget_and_none_waits_for_ever() {
+        let produced = Arc::new(AtomicUsize::new(0));
+        let budget = Budget::new(64 << 20, 6 << 20);
+        let mut streams: Vec<_> = (0..4)
+            .map(|_| Box::pin(budgeted(&Handle::current(), vec![counted(50, Arc::clone(&produced))], &budget)))
+            .collect();
+        settle().await;
+        let held = produced.load(Ordering::SeqCst);
+        assert!(held <= 10, "{held} batches of 1 MiB read for a 6 MiB shared budget");
+        // Four readers at once: every one of them gets all its batches.
+        let readers: Vec<_> = streams
+            .drain(..)
+            .map(|mut s| {
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    while let Some(b) = s.next().await {
+                        b.unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        for r in readers {
+            assert_eq!(r.await.unwrap(), 50);
+        }
+    }
 
     #[tokio::test]
     async fn a_resumed_stream_starts_at_its_offset() {

@@ -139,6 +139,11 @@ pub struct CoreOptions {
     pub statements: StatementLimits,
     /// Most Arrow bytes one publish stages before its rules are checked and it is committed.
     pub max_publish_bytes: u64,
+    /// Bytes one stream's batches may pin between storage and the network; past it the
+    /// stream reads storage only as fast as its client takes the data.
+    pub stream_budget: usize,
+    /// Bytes the batches of all streams together may pin.
+    pub streams_budget: usize,
 }
 
 impl Default for CoreOptions {
@@ -149,6 +154,8 @@ impl Default for CoreOptions {
             max_reads: DEFAULT_MAX_READS,
             statements: StatementLimits::default(),
             max_publish_bytes: publish::DEFAULT_MAX_PUBLISH_BYTES,
+            stream_budget: exec::DEFAULT_STREAM_BUDGET,
+            streams_budget: exec::DEFAULT_STREAMS_BUDGET,
         }
     }
 }
@@ -176,6 +183,8 @@ pub struct AccessCore {
     now: fn() -> SystemTime,
     audit: Option<Arc<AuditLog>>,
     exec: Executor,
+    /// What the batches of running reads may pin ([`exec::Budget`]).
+    budget: exec::Budget,
     reads: Arc<Semaphore>,
     stop: tokio::sync::watch::Receiver<bool>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
@@ -282,6 +291,7 @@ impl CoreBuilder {
             generation: tokio::sync::watch::Sender::new(0),
             decisions: Arc::new(Decisions::new(self.ctx.state())),
             reads: Arc::new(Semaphore::new(self.options.max_reads)),
+            budget: exec::Budget::new(self.options.stream_budget, self.options.streams_budget),
             catalog: self.catalog,
             options: self.options,
             builtins: self.builtins,
@@ -888,7 +898,8 @@ impl AccessCore {
             let permit = Arc::clone(&self.reads)
                 .try_acquire_owned()
                 .map_err(|_| Error::Busy { limit: self.options.max_reads })?;
-            let (batches, read) = self.exec.start(df, self.options.governed, label.clone(), pinned).await?;
+            let (batches, read) =
+                self.exec.start(df, self.options.governed, label.clone(), pinned, &self.budget).await?;
             let limits = if statement { self.options.statements } else { StatementLimits::UNBOUNDED };
             Ok((permit, limits::bounded(batches, limits), read))
         };
