@@ -55,9 +55,9 @@ def to_tensors(batch: pa.RecordBatch) -> dict[str, torch.Tensor | list]:
     for name, column in zip(batch.schema.names, batch.columns):
         t = column.type
         if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
-            out[name] = torch.from_numpy(column.to_numpy(zero_copy_only=False))
+            out[name] = torch.from_numpy(column.to_numpy(zero_copy_only=False, writable=True))
         elif pa.types.is_decimal(t):
-            out[name] = torch.from_numpy(column.cast(pa.float64()).to_numpy(zero_copy_only=False))
+            out[name] = torch.from_numpy(column.cast(pa.float64()).to_numpy(zero_copy_only=False, writable=True))
         else:
             out[name] = column.to_pylist()
     return out

@@ -357,13 +357,7 @@ pub fn plan(
     // even from a filter.
     let mut df = ctx.read_table(table)?.select_columns(&contract_cols)?;
     if let Some(shard) = shard {
-        if let Some(hidden) = shard.key.iter().find(|k| !contract_cols.contains(&k.as_str())) {
-            return Err(Error::BadColumns(format!(
-                "`{}` is split into shards by its key, and its key column `{}` is not readable for you; read it as one stream",
-                product.address(),
-                crate::text::clip(hidden)
-            )));
-        }
+        check_key_readable(product, &shard.key, |c| contract_cols.contains(&c))?;
         df = df.filter(shard.filter)?;
     }
     if let Some(sql) = &spec.filter {
@@ -379,6 +373,19 @@ pub fn plan(
     }
     let schema = with_contract_metadata(df.schema().as_arrow(), &port.schema);
     Ok(Planned { df, schema })
+}
+
+/// Refuses to split `product` by `key` when the caller cannot read one of its columns
+/// (`readable`): the shard's rows are chosen by values the caller sees.
+pub fn check_key_readable(product: &Product, key: &[String], readable: impl Fn(&str) -> bool) -> Result<()> {
+    match key.iter().find(|k| !readable(k)) {
+        Some(hidden) => Err(Error::BadColumns(format!(
+            "`{}` is split into shards by its key, and its key column `{}` is not readable for you; read it as one stream",
+            product.address(),
+            crate::text::clip(hidden)
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Bounds on a user expression, checked on its tokens before anything parses or plans it:

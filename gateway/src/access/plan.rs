@@ -232,12 +232,7 @@ impl AuthorizedPlan {
             Some(t) => datafusion::catalog::TableProvider::schema(t.as_ref()),
             None => Arc::clone(&r.port.schema),
         };
-        if let Some(hidden) = key.iter().find(|k| visible.index_of(k).is_err()) {
-            return Err(Error::BadOption(format!(
-                "`{}` is split into shards by its key, and its key column `{hidden}` is not readable for you; read it as one stream",
-                r.product.address()
-            )));
-        }
+        crate::query::check_key_readable(&r.product, &key, |c| visible.index_of(c).is_ok())?;
         Ok(key)
     }
 
