@@ -140,6 +140,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "MESHGATE_ADVERTISE", value_delimiter = ',')]
     pub advertise: Vec<String>,
 
+    /// The gateway nodes that serve particular products' or domains' reads: a YAML file of
+    /// `products: {domain/product: [urls], domain: [urls]}` (see docs/configuration.md). Their
+    /// reads' endpoints name those nodes instead of `--advertise`'s.
+    #[arg(long, env = "MESHGATE_NODES")]
+    pub nodes: Option<PathBuf>,
+
     /// Interval of HTTP/2 keep-alive pings on every connection (`0s`: none). A peer that does
     /// not answer one within 20 s is disconnected; proxies see a live connection.
     #[arg(long, env = "MESHGATE_HTTP2_KEEPALIVE", default_value = "30s", value_parser = parse_duration)]
@@ -284,6 +290,7 @@ impl GatewayConfig {
             auth: None,
             insecure_no_auth: true,
             advertise: Vec::new(),
+            nodes: None,
             http2_keepalive: Duration::from_secs(30),
             lineage_url: None,
             lineage_api_key: None,

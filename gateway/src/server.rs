@@ -26,6 +26,7 @@ use crate::auth::{AuthConfig, Authenticator};
 use crate::catalog::{Catalog, CatalogWatcher, RetryTimer};
 use crate::config::GatewayConfig;
 use crate::flight::MeshFlightService;
+use crate::flight::nodes::Nodes;
 use crate::http::{HttpOptions, HttpServer};
 use crate::metrics::Metrics;
 use crate::metrics::rpc::RpcLayer;
@@ -163,6 +164,14 @@ impl Gateway {
                 config.listen
             )));
         }
+        let nodes = {
+            let tls = config.tls_cert.is_some();
+            let nodes = Nodes::new(config.advertise.clone(), tls).map_err(Error::Config)?;
+            match &config.nodes {
+                Some(path) => nodes.with_file(path, tls).map_err(Error::Config)?,
+                None => nodes,
+            }
+        };
         // An empty value (e.g. an unset variable passed through by compose) means no key.
         let signer = match config.ticket_key.as_deref().filter(|k| !k.trim().is_empty()) {
             Some(k) => TicketSigner::try_new(
@@ -332,10 +341,7 @@ impl Gateway {
                 keepalive: None,
             })
             .with_view_types(config.view_types)
-            .with_nodes(
-                crate::flight::service::Nodes::new(config.advertise.clone(), config.tls_cert.is_some())
-                    .map_err(Error::Config)?,
-            );
+            .with_nodes(nodes);
         let mode = match &authenticator {
             Some(a) => {
                 flight = flight.with_auth(Arc::clone(a));

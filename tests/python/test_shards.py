@@ -160,6 +160,45 @@ def test_endpoints_name_the_advertised_nodes_round_robin(sample_mesh):
         one.stop()
 
 
+def test_a_nodes_file_sends_a_products_reads_to_its_own_nodes(tmp_path, sample_mesh):
+    import adbc_driver_flightsql.dbapi as flight_sql
+    placed = tmp_path / "nodes.yaml"
+    placed.write_text("products:\n"
+                      "  sales/orders: [grpc://127.0.0.1:11, grpc://127.0.0.1:12]\n"
+                      "  logistics: [grpc://127.0.0.1:21]\n")
+    mesh_nodes = ["grpc://127.0.0.1:1", "grpc://127.0.0.1:2"]
+    s = Server(sample_mesh, "--no-watch", "--advertise", ",".join(mesh_nodes), "--nodes", str(placed))
+    try:
+        with s.client() as c:
+            def at(product, n):
+                return [[loc.uri.decode() for loc in e.locations] for e in sharded(c, product, n).endpoints]
+
+            orders = at("sales/orders", 4)
+            assert sorted(a[0] for a in orders) == sorted(["grpc://127.0.0.1:11", "grpc://127.0.0.1:12"] * 2), orders
+            assert at("logistics/shipments", 2) == [["grpc://127.0.0.1:21"]] * 2, "the domain's one node, named"
+            assert {a[0] for a in at("customers/profiles", 2)} == set(mesh_nodes), "no list of its own: the mesh's"
+            info = sharded(c, "sales/orders", 2)
+            assert sum(c.do_get(e.ticket).read_all().num_rows for e in info.endpoints) == whole(c, "sales/orders").num_rows
+        # A statement is redeemed where it was asked: ADBC follows locations, and these nodes do
+        # not exist.
+        with flight_sql.connect(f"grpc://{s.addr}") as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) AS n FROM sales.orders")
+            assert cur.fetch_arrow_table().column("n")[0].as_py() > 0
+    finally:
+        s.stop()
+
+
+def test_a_wrong_nodes_file_stops_the_gateway_naming_the_entry(tmp_path, sample_mesh):
+    import subprocess
+    from conftest import BIN
+    placed = tmp_path / "nodes.yaml"
+    placed.write_text("products:\n  sales/../x: [grpc://127.0.0.1:11]\n")
+    out = subprocess.run([str(BIN), "serve", "--mesh", str(sample_mesh), "--insecure-no-auth", "--listen", "127.0.0.1:0",
+                          "--http-listen", "off", "--nodes", str(placed)], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "`sales/../x` is not a `domain` or a `domain/product`" in out.stderr, out.stderr
+
+
 def test_a_tls_gateway_refuses_to_advertise_plain_grpc_nodes(tmp_path, sample_mesh):
     import subprocess
     from conftest import BIN, REPO

@@ -236,6 +236,11 @@ impl AuthorizedPlan {
         Ok(key)
     }
 
+    /// The product a product read reads (`None`: a statement).
+    pub fn product(&self) -> Option<&crate::catalog::Product> {
+        self.single().map(|(_, r)| r.product.as_ref())
+    }
+
     fn single(&self) -> Option<(&ReadSpec, &Resolved)> {
         match (&self.request, self.reads.as_slice()) {
             (ReadRequest::Product(s), [r]) => Some((s, r)),

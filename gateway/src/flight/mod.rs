@@ -17,6 +17,7 @@
 //! - [`service`]: the `FlightService` implementation; each handler decodes, asks the access
 //!   core ([`crate::access`]) and encodes.
 //! - [`actions`]: `describe`, `health`, `reload`.
+//! - [`nodes`]: the gateway nodes endpoints name (`--advertise`, `--nodes`).
 //! - `sql`: Flight SQL commands and actions (statements, prepared statements).
 //! - `session`: Flight SQL sessions (current catalog and schema, view types) in a signed
 //!   cookie.
@@ -27,6 +28,7 @@
 //! Errors are the core's ([`crate::access::Error`]), mapped to gRPC codes by its table.
 
 pub mod actions;
+pub mod nodes;
 pub mod publish;
 pub mod service;
 mod session;

@@ -22,6 +22,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::nodes::Nodes;
 use super::session::{self, Session};
 use super::wire::{self, WireOptions};
 use super::{actions, publish, sql};
@@ -38,52 +39,6 @@ pub struct MeshFlightService {
     wire: WireOptions,
     view_types: bool,
     nodes: Arc<Nodes>,
-}
-
-/// Where a `FlightInfo`'s endpoints say their tickets are redeemed.
-#[derive(Debug, Default)]
-pub struct Nodes {
-    /// The gateway nodes behind this address (`--advertise`); none: this one only.
-    urls: Vec<String>,
-    /// Where the next read's first endpoint goes, so single-endpoint reads spread too.
-    next: std::sync::atomic::AtomicUsize,
-}
-
-/// The location meaning "the connection this `FlightInfo` came on" (Arrow Flight 16+).
-pub const REUSE_CONNECTION: &str = "arrow-flight-reuse-connection://?";
-
-impl Nodes {
-    /// `urls` checked against the gateway's own scheme: a TLS gateway's nodes are `grpc+tls://`
-    /// (a plain-text gateway may sit behind a TLS-terminating proxy, so either is accepted).
-    pub fn new(urls: Vec<String>, tls: bool) -> std::result::Result<Self, String> {
-        for u in &urls {
-            let scheme = u.split_once("://").map(|(s, _)| s).unwrap_or("");
-            match scheme {
-                "grpc+tls" => {}
-                "grpc" | "grpc+tcp" if !tls => {}
-                "grpc" | "grpc+tcp" => {
-                    return Err(format!(
-                        "--advertise `{u}` is plain gRPC but this gateway serves TLS; name its nodes as grpc+tls://host:port"
-                    ));
-                }
-                _ => return Err(format!("--advertise `{u}` is not a grpc://, grpc+tcp:// or grpc+tls:// URL")),
-            }
-        }
-        Ok(Self { urls, next: Default::default() })
-    }
-
-    /// The locations of `count` endpoints: round-robin over two nodes or more, the
-    /// reuse-connection location for one, none without any configured.
-    pub fn locations(&self, count: usize) -> Vec<Vec<String>> {
-        match self.urls.as_slice() {
-            [] => vec![Vec::new(); count],
-            [_] => vec![vec![REUSE_CONNECTION.to_string()]; count],
-            urls => {
-                let start = self.next.fetch_add(count.max(1), std::sync::atomic::Ordering::Relaxed);
-                (0..count).map(|i| vec![urls[(start + i) % urls.len()].clone()]).collect()
-            }
-        }
-    }
 }
 
 /// The principal the auth layer attached to a call.
@@ -169,7 +124,8 @@ impl MeshFlightService {
             .with_app_metadata(serde_json::to_vec(&self.core.description(first).await).unwrap_or_default());
         for plan in plans {
             let tickets = self.core.tickets(plan).await?;
-            let locations = self.nodes.locations(tickets.len());
+            let product = plan.product().map(|p| (p.domain.as_str(), p.name.as_str()));
+            let locations = self.nodes.locations(product, tickets.len());
             for (ticket, at) in tickets.into_iter().zip(locations) {
                 let mut base = FlightEndpoint::new();
                 for url in at {
@@ -477,23 +433,5 @@ impl FlightService for MeshFlightService {
             .iter()
             .map(|(name, description)| Ok(ActionType { r#type: (*name).into(), description: (*description).into() }));
         Ok(Response::new(futures::stream::iter(types.collect::<Vec<_>>()).boxed()))
-    }
-}
-
-#[cfg(test)]
-mod node_tests {
-    use super::*;
-
-    #[test]
-    fn endpoints_name_the_configured_nodes_round_robin() {
-        assert_eq!(Nodes::default().locations(2), vec![Vec::<String>::new(); 2]);
-        let one = Nodes::new(vec!["grpc+tls://a:1".into()], true).unwrap();
-        assert_eq!(one.locations(1), vec![vec![REUSE_CONNECTION.to_string()]]);
-        let two = Nodes::new(vec!["grpc://a:1".into(), "grpc+tls://b:1".into()], false).unwrap();
-        let first: Vec<String> = two.locations(3).into_iter().flatten().collect();
-        assert_eq!(first, ["grpc://a:1", "grpc+tls://b:1", "grpc://a:1"]);
-        assert_eq!(two.locations(1), vec![vec!["grpc+tls://b:1".to_string()]], "the next read starts further on");
-        assert!(Nodes::new(vec!["grpc://a:1".into()], true).unwrap_err().contains("serves TLS"));
-        assert!(Nodes::new(vec!["http://a:1".into()], false).is_err());
     }
 }
