@@ -11,6 +11,11 @@ use meshgate::telemetry::{self, LogFormat};
 use meshgate::{Gateway, GatewayConfig, sample, server};
 use meshgate_adapters::memory::MemoryAdapter;
 
+/// mimalloc: with glibc's allocator the large blocks reads free stayed in per-thread arenas, so
+/// 64 concurrent readers held twice the memory (bench/RESULTS.md, "mimalloc").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// meshgate: serves a data mesh's products over Arrow Flight.
 #[derive(Debug, Parser)]
 #[command(version, about)]
