@@ -193,8 +193,10 @@ def loopback(streams: int, seconds: int = 5) -> float:
         for _ in range(100):  # until the server listens: the client fails fast before that
             run = subprocess.run([iperf, "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-P", str(streams),
                                   "-J"], capture_output=True, text=True)
-            if run.returncode == 0:
-                out = run.stdout
+            # A client that reached the server before it was ready may exit 0 with an error.
+            result = json.loads(run.stdout) if run.stdout.strip().startswith("{") else {}
+            if run.returncode == 0 and "sum_received" in result.get("end", {}):
+                out = result
                 break
             time.sleep(0.05)
         else:
@@ -202,7 +204,7 @@ def loopback(streams: int, seconds: int = 5) -> float:
     finally:
         server.kill()
         server.wait()
-    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 8 / 1e6
+    return out["end"]["sum_received"]["bits_per_second"] / 8 / 1e6
 
 
 def table(title: str, header: list[str], rows: list[list]):
