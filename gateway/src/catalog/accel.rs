@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
-use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -71,10 +70,10 @@ impl Acceleration {
     }
 }
 
-/// One copy of the data.
+/// One copy of the data, as the table scans read (built once per refresh, not per scan).
 #[derive(Debug)]
 struct Copy {
-    batches: Vec<RecordBatch>,
+    table: MemTable,
     rows: u64,
     bytes: u64,
     refreshed: SystemTime,
@@ -99,14 +98,7 @@ impl Accelerated {
     /// Wraps `inner` (the adapter's table) and starts refreshing it every `spec.refresh` on the
     /// current runtime, first at once; the task ends when the table is dropped.
     pub fn start(label: String, inner: Arc<dyn TableProvider>, spec: Acceleration, state: SessionState) -> Arc<Self> {
-        let table = Arc::new(Self {
-            label,
-            inner,
-            spec,
-            copy: ArcSwapOption::empty(),
-            failure: Mutex::new(None),
-            seen: Mutex::new(None),
-        });
+        let table = Arc::new(Self::new(label, inner, spec));
         let weak: Weak<Self> = Arc::downgrade(&table);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
@@ -120,6 +112,11 @@ impl Accelerated {
             });
         }
         table
+    }
+
+    /// Wraps `inner` without refreshing it.
+    fn new(label: String, inner: Arc<dyn TableProvider>, spec: Acceleration) -> Self {
+        Self { label, inner, spec, copy: ArcSwapOption::empty(), failure: Mutex::new(None), seen: Mutex::new(None) }
     }
 
     /// Rebuilds the copy from storage and swaps it in; on failure the last good copy stays.
@@ -159,7 +156,8 @@ impl Accelerated {
             rows += batch.num_rows() as u64;
             batches.push(batch);
         }
-        Ok(Copy { batches, rows, bytes, refreshed: SystemTime::now() })
+        let table = MemTable::try_new(self.inner.schema(), vec![batches]).map_err(failed)?;
+        Ok(Copy { table, rows, bytes, refreshed: SystemTime::now() })
     }
 
     /// Refreshes at once when the storage's data version (a listing fingerprint, a commit; `None`
@@ -204,11 +202,6 @@ impl Accelerated {
         self.copy.load().as_ref().map_or((0, 0), |c| (c.rows, c.bytes))
     }
 
-    /// Bytes the copy holds now.
-    pub fn bytes(&self) -> u64 {
-        self.copy.load().as_ref().map_or(0, |c| c.bytes)
-    }
-
     /// Why the port is degraded: the last refresh failed (the last good copy, if any, serves).
     pub fn problem(&self) -> Option<String> {
         self.failure.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(_, why)| why.clone())
@@ -239,10 +232,7 @@ impl TableProvider for Accelerated {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         // One copy for the whole scan, whatever a refresh swaps in meanwhile.
         match self.copy.load_full() {
-            Some(copy) => {
-                let mem = MemTable::try_new(self.schema(), vec![copy.batches.clone()])?;
-                mem.scan(state, projection, filters, limit).await
-            }
+            Some(copy) => copy.table.scan(state, projection, filters, limit).await,
             None => self.inner.scan(state, projection, filters, limit).await,
         }
     }
@@ -251,7 +241,7 @@ impl TableProvider for Accelerated {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::Int64Array;
+    use arrow::array::{Int64Array, RecordBatch};
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::prelude::SessionContext;
 
@@ -281,18 +271,11 @@ mod tests {
     async fn a_scan_reads_one_whole_copy_while_refreshes_swap() {
         let ctx = SessionContext::new();
         let spec = Acceleration { refresh: Duration::from_secs(3600), max_bytes: 1 << 30 };
-        let accel = Arc::new(Accelerated {
-            label: "t".into(),
-            inner: table(1),
-            spec,
-            copy: ArcSwapOption::empty(),
-            failure: Mutex::new(None),
-            seen: Mutex::new(None),
-        });
+        let accel = Arc::new(Accelerated::new("t".into(), table(1), spec));
         accel.refresh(&ctx.state()).await;
         let plan = accel.scan(&ctx.state(), None, &[], None).await.unwrap();
         // A refresh from changed storage lands between planning and reading.
-        let changed = Accelerated { inner: table(2), ..Accelerated::clone_spec(&accel) };
+        let changed = Accelerated::new("t".into(), table(2), accel.spec.clone());
         changed.refresh(&ctx.state()).await;
         accel.copy.store(changed.copy.load_full());
         let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx()).await.unwrap();
@@ -309,36 +292,18 @@ mod tests {
     #[tokio::test]
     async fn a_copy_over_its_bound_is_not_kept_and_the_last_good_one_serves() {
         let ctx = SessionContext::new();
-        let accel = Accelerated {
-            label: "t".into(),
-            inner: table(1),
-            spec: Acceleration { refresh: Duration::from_secs(3600), max_bytes: 1 << 30 },
-            copy: ArcSwapOption::empty(),
-            failure: Mutex::new(None),
-            seen: Mutex::new(None),
-        };
+        let accel = Accelerated::new(
+            "t".into(),
+            table(1),
+            Acceleration { refresh: Duration::from_secs(3600), max_bytes: 1 << 30 },
+        );
         accel.refresh(&ctx.state()).await;
         assert_eq!(accel.status()["rows"], 4000);
-        let small = Accelerated {
-            spec: Acceleration { refresh: Duration::from_secs(3600), max_bytes: 100 },
-            ..Accelerated::clone_spec(&accel)
-        };
+        let small =
+            Accelerated::new("t".into(), table(1), Acceleration { refresh: Duration::from_secs(3600), max_bytes: 100 });
         small.copy.store(accel.copy.load_full());
         small.refresh(&ctx.state()).await;
         assert!(small.problem().unwrap().contains("larger than maxBytes"));
         assert_eq!(small.status()["rows"], 4000, "the last good copy stays");
-    }
-
-    impl Accelerated {
-        fn clone_spec(other: &Self) -> Self {
-            Self {
-                label: other.label.clone(),
-                inner: Arc::clone(&other.inner),
-                spec: other.spec.clone(),
-                copy: ArcSwapOption::empty(),
-                failure: Mutex::new(None),
-                seen: Mutex::new(None),
-            }
-        }
     }
 }
