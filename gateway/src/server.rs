@@ -369,6 +369,7 @@ impl Gateway {
                 log.auth_failure(parts.uri.path(), client, &e.to_string());
             })
         });
+        let doget = crate::flight::doget::DoGetLayer::new(flight.clone());
         let service =
             FlightServiceServer::new(flight).max_decoding_message_size(16 << 20).max_encoding_message_size(usize::MAX);
         let mut builder = Server::builder();
@@ -385,6 +386,7 @@ impl Gateway {
             .layer(RpcLayer::new(Arc::clone(&metrics)))
             .layer(tower::util::MapResponseLayer::new(crate::net::undecodable_is_invalid_argument))
             .layer(AuthLayer::new(mode, on_failure))
+            .layer(doget)
             .add_service(service);
         let task = tokio::spawn(router.serve_with_incoming_shutdown(crate::net::accept(listener), async {
             let _ = rx.await;

@@ -78,4 +78,7 @@ def test_keepalive_messages_only_for_readers_that_ask(eager):
     # The Flight SQL driver (C++, through ADBC) reads the pinged connection as usual.
     with flight_sql.connect(f"grpc://{eager.addr}") as conn, conn.cursor() as cur:
         cur.execute(QUERY)
-        assert cur.fetch_arrow_table().equals(expected)
+        got = cur.fetch_arrow_table()
+        # A parallel float sum adds in whichever order partitions finish: equal up to rounding.
+        assert got.drop_columns(["total"]).equals(expected.drop_columns(["total"]))
+        assert got["total"].to_pylist() == pytest.approx(expected["total"].to_pylist(), rel=1e-12)

@@ -24,10 +24,12 @@
 //! - `sql_meta`: Flight SQL metadata commands (server info, catalogs, tables, types, keys).
 //! - [`publish`]: the producer path: `DoPut` on a product's PATH and Flight SQL ingest.
 //! - [`wire`]: cutting batches into Flight messages by the bytes their rows occupy.
+//! - [`doget`]: DoGet answered below tonic, writing message bodies to the connection uncopied.
 //!
 //! Errors are the core's ([`crate::access::Error`]), mapped to gRPC codes by its table.
 
 pub mod actions;
+pub mod doget;
 pub mod nodes;
 pub mod publish;
 pub mod service;

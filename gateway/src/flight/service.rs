@@ -75,6 +75,31 @@ impl MeshFlightService {
         wire::Compression::parse(name).map(Some).map_err(Error::BadOption)
     }
 
+    /// DoGet: the read a ticket names, as Flight messages (the schema, then the batches).
+    pub(crate) async fn get(
+        &self,
+        request: Request<Ticket>,
+    ) -> std::result::Result<BoxStream<'static, std::result::Result<wire::WireMessage, Status>>, Status> {
+        let call = call("DoGet", &request)?;
+        let header = Self::compression_header(&request)?;
+        let offset = offset_of(&request)?;
+        let keepalive = keepalive_of(&request)?;
+        let ticket = request.into_inner().ticket;
+        // Refused before the catalog answers: a metadata answer is recorded as served.
+        if offset.is_some() && sql::is_metadata_ticket(&ticket) {
+            return Err(Error::BadOption(format!("{} resumes product shards only", wire::OFFSET_HEADER)).into());
+        }
+        let read = match sql::metadata_read(&self.core, &call, &ticket).await {
+            Some(read) => read?,
+            None => self.core.read_ticket(&call, &ticket, offset).await?,
+        };
+        // The header wins over the read's own `compression` (kept in its ticket).
+        let wire = WireOptions { compression: header.unwrap_or(read.compression), keepalive, ..self.wire };
+        let label = read.label;
+        let batches = read.batches.map_err(|e| FlightError::ExternalError(Box::new(e)));
+        Ok(wire::encode(read.schema, batches, wire).map_err(move |e| Status::from(stream_error(&label, e))).boxed())
+    }
+
     /// A service over the access core `core`.
     pub fn new(core: Arc<AccessCore>) -> Self {
         Self { core, auth: None, wire: WireOptions::default(), view_types: false, nodes: Default::default() }
@@ -341,25 +366,9 @@ impl FlightService for MeshFlightService {
     }
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        let call = call("DoGet", &request)?;
-        let header = Self::compression_header(&request)?;
-        let offset = offset_of(&request)?;
-        let keepalive = keepalive_of(&request)?;
-        let ticket = request.into_inner().ticket;
-        // Refused before the catalog answers: a metadata answer is recorded as served.
-        if offset.is_some() && sql::is_metadata_ticket(&ticket) {
-            return Err(Error::BadOption(format!("{} resumes product shards only", wire::OFFSET_HEADER)).into());
-        }
-        let read = match sql::metadata_read(&self.core, &call, &ticket).await {
-            Some(read) => read?,
-            None => self.core.read_ticket(&call, &ticket, offset).await?,
-        };
-        // The header wins over the read's own `compression` (kept in its ticket).
-        let wire = WireOptions { compression: header.unwrap_or(read.compression), keepalive, ..self.wire };
-        let label = read.label;
-        let batches = read.batches.map_err(|e| FlightError::ExternalError(Box::new(e)));
-        let flight = wire::encode(read.schema, batches, wire).map_err(move |e| Status::from(stream_error(&label, e)));
-        Ok(Response::new(flight.boxed()))
+        // Served by `flight::doget` on a running gateway, which writes the messages' body pieces
+        // without joining them; this is the same read for callers of the trait.
+        Ok(Response::new(self.get(request).await?.map_ok(FlightData::from).boxed()))
     }
 
     /// Publishes to a product (PATH descriptor, or Flight SQL ingest), or binds parameters to a

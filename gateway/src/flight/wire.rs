@@ -23,11 +23,13 @@ use std::sync::Arc;
 
 pub use crate::query::Compression;
 use arrow::array::{Array, ArrayRef, BinaryViewArray, RecordBatch, RecordBatchOptions, StringViewArray};
+use arrow::buffer::Buffer;
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef};
 use arrow::ipc::CompressionType;
-use arrow::ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions};
+use arrow::ipc::writer::{IpcWriteOptions, StreamEncoder};
 use arrow_flight::error::FlightError;
 use arrow_flight::{FlightData, SchemaAsIpc};
+use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 
 /// How batches are laid out on the wire.
@@ -136,24 +138,64 @@ fn compact_views(batch: RecordBatch) -> RecordBatch {
     RecordBatch::try_new(batch.schema(), columns).unwrap_or(batch)
 }
 
+/// One Flight message as it leaves the gateway: its IPC header, and its body as the buffers it
+/// is made of (the arrays' own buffers and the padding between them), not copied into one.
+/// [`crate::flight::doget`] writes the pieces to the connection as they are; converting to
+/// `FlightData` joins them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WireMessage {
+    /// `FlightData.data_header`: the IPC `Message` flatbuffer (empty for a keep-alive).
+    pub header: Bytes,
+    /// `FlightData.data_body`, in pieces, in order.
+    pub body: Vec<Bytes>,
+}
+
+impl WireMessage {
+    /// The length of the body, all pieces together.
+    pub fn body_len(&self) -> usize {
+        self.body.iter().map(Bytes::len).sum()
+    }
+}
+
+impl From<WireMessage> for FlightData {
+    fn from(m: WireMessage) -> Self {
+        let data_body = match <[Bytes; 1]>::try_from(m.body) {
+            Ok([one]) => one,
+            Err(pieces) => pieces.concat().into(),
+        };
+        FlightData { data_header: m.header, data_body, ..Default::default() }
+    }
+}
+
+impl From<FlightData> for WireMessage {
+    fn from(d: FlightData) -> Self {
+        let body = if d.data_body.is_empty() { Vec::new() } else { vec![d.data_body] };
+        WireMessage { header: d.data_header, body }
+    }
+}
+
 /// Encodes `batches` (announced as `schema`) into Flight messages cut by [`split`]: the schema
 /// first, then one message per piece.
 pub fn encode<S>(
     schema: SchemaRef,
     batches: S,
     options: WireOptions,
-) -> impl Stream<Item = Result<FlightData, FlightError>> + Send + 'static
+) -> impl Stream<Item = Result<WireMessage, FlightError>> + Send + 'static
 where
     S: Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
 {
     let max = options.max_message_bytes;
     let wire_schema = hydrated_schema(&schema);
-    let mut encoder = Encoder::new(options.compression);
-    let head = encoder.schema(&wire_schema);
     let pieces =
         batches.map_ok(move |b| stream::iter(split(b, max).into_iter().map(Ok::<_, FlightError>))).try_flatten();
-    let body = pieces.map(move |piece| encoder.batch(hydrate(piece?, &wire_schema)?));
-    let messages = stream::once(futures::future::ready(Ok(head))).chain(body);
+    let messages = match Encoder::new(&wire_schema, options.compression) {
+        Ok(mut encoder) => {
+            let head = encoder.schema(&wire_schema);
+            let body = pieces.map(move |piece| encoder.batch(&hydrate(piece?, &wire_schema)?));
+            stream::once(futures::future::ready(Ok(head))).chain(body).left_stream()
+        }
+        Err(e) => stream::once(futures::future::ready(Err(FlightError::Arrow(e)))).right_stream(),
+    };
     match options.keepalive {
         Some(every) => with_keepalives(messages, every).left_stream(),
         None => messages.right_stream(),
@@ -164,46 +206,106 @@ where
 /// whenever the next one takes longer than `every`; a proxy sees traffic.
 fn with_keepalives<S>(messages: S, every: std::time::Duration) -> impl Stream<Item = S::Item> + Send + 'static
 where
-    S: Stream<Item = Result<FlightData, FlightError>> + Send + 'static,
+    S: Stream<Item = Result<WireMessage, FlightError>> + Send + 'static,
 {
     stream::unfold(Box::pin(messages), move |mut messages| async move {
         // `next()` can be dropped by the timeout without losing an item.
         match tokio::time::timeout(every, messages.next()).await {
             Ok(Some(message)) => Some((message, messages)),
             Ok(None) => None,
-            Err(_) => Some((Ok(FlightData::default()), messages)),
+            Err(_) => Some((Ok(WireMessage::default()), messages)),
         }
     })
 }
 
-/// One stream's IPC encoder, reusing its body buffer's capacity from message to message.
+/// One stream's IPC encoder: arrow-ipc's [`StreamEncoder`], which hands out the body as the
+/// arrays' own buffers (compressed ones when asked) instead of copying them into one.
 struct Encoder {
     options: IpcWriteOptions,
-    generator: IpcDataGenerator,
-    dictionaries: DictionaryTracker,
-    context: IpcWriteContext,
+    inner: StreamEncoder,
 }
 
 impl Encoder {
-    fn new(compression: Option<Compression>) -> Self {
-        let mut context = IpcWriteContext::default();
-        context.set_reserve_scratch(true);
+    fn new(schema: &Schema, compression: Option<Compression>) -> Result<Self, arrow::error::ArrowError> {
         let options = IpcWriteOptions::default();
         // Compression needs IPC metadata V5, the default: this cannot fail.
         let options = options.clone().try_with_compression(compression.map(ipc)).unwrap_or(options);
-        Self { options, generator: IpcDataGenerator::default(), dictionaries: DictionaryTracker::new(false), context }
+        Ok(Self { inner: StreamEncoder::try_new_with_options(schema, options.clone())?, options })
     }
 
-    fn schema(&self, schema: &Schema) -> FlightData {
-        SchemaAsIpc::new(schema, &self.options).into()
+    fn schema(&self, schema: &Schema) -> WireMessage {
+        FlightData::from(SchemaAsIpc::new(schema, &self.options)).into()
     }
 
     /// The message for `batch`, which holds no dictionaries ([`hydrate`]).
-    fn batch(&mut self, batch: RecordBatch) -> Result<FlightData, FlightError> {
-        let (dictionaries, data) =
-            self.generator.encode(&batch, &mut self.dictionaries, &self.options, &mut self.context)?;
-        debug_assert!(dictionaries.is_empty(), "batches are hydrated");
-        Ok(data.into())
+    fn batch(&mut self, batch: &RecordBatch) -> Result<WireMessage, FlightError> {
+        record_batch_message(self.inner.encode(batch)?)
+    }
+}
+
+/// The record batch message among the IPC stream messages `buffers` hold (the encoder puts
+/// the schema message before the first one; batches are hydrated, so no dictionary message
+/// comes with them). The header is copied out (a few hundred bytes); the body's buffers are
+/// shared.
+fn record_batch_message(buffers: Vec<Buffer>) -> Result<WireMessage, FlightError> {
+    let broken = |why: &str| FlightError::ProtocolError(format!("the IPC encoder wrote {why}"));
+    let mut rest = Pieces(buffers.into());
+    let mut found = None;
+    while let Some(prefix) = rest.contiguous(8) {
+        let len = i32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
+        if prefix[..4] != [0xff; 4] || len < 0 {
+            return Err(broken("a message without its prefix"));
+        }
+        if len == 0 {
+            break;
+        }
+        let header = rest.contiguous(len as usize).ok_or_else(|| broken("a truncated header"))?;
+        let message =
+            arrow::ipc::root_as_message(&header).map_err(|e| broken(&format!("an unreadable header: {e}")))?;
+        let body_len = usize::try_from(message.bodyLength()).map_err(|_| broken("a negative body length"))?;
+        let is_batch = message.header_type() == arrow::ipc::MessageHeader::RecordBatch;
+        let body = rest.take(body_len).ok_or_else(|| broken("a truncated body"))?;
+        if is_batch {
+            let body = body.into_iter().filter(|b| !b.is_empty()).map(|b| Bytes::from_owner(Shared(b))).collect();
+            found = Some(WireMessage { header: header.into(), body });
+        }
+    }
+    found.ok_or_else(|| broken("no record batch"))
+}
+
+/// An Arrow buffer handed to the network as `Bytes`, without a copy.
+struct Shared(Buffer);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+/// Buffers taken from the front, whole or sliced.
+struct Pieces(std::collections::VecDeque<Buffer>);
+
+impl Pieces {
+    /// The next `n` bytes as slices of the buffers holding them; `None` if fewer are left.
+    fn take(&mut self, mut n: usize) -> Option<Vec<Buffer>> {
+        let mut out = Vec::new();
+        while n > 0 {
+            let front = self.0.pop_front()?;
+            if front.len() <= n {
+                n -= front.len();
+                out.push(front);
+            } else {
+                out.push(front.slice_with_length(0, n));
+                self.0.push_front(front.slice(n));
+                n = 0;
+            }
+        }
+        Some(out)
+    }
+
+    /// The next `n` bytes, copied into one vector.
+    fn contiguous(&mut self, n: usize) -> Option<Vec<u8>> {
+        Some(self.take(n)?.iter().flat_map(|b| b.as_slice().iter().copied()).collect())
     }
 }
 
@@ -312,8 +414,11 @@ mod tests {
         .unwrap();
         for compression in [Compression::Lz4, Compression::Zstd] {
             let options = WireOptions { compression: Some(compression), ..WireOptions::default() };
-            let messages: Vec<FlightData> =
-                encode(b.schema(), stream::iter([Ok(b.clone())]), options).try_collect().await.unwrap();
+            let messages: Vec<FlightData> = encode(b.schema(), stream::iter([Ok(b.clone())]), options)
+                .map_ok(FlightData::from)
+                .try_collect()
+                .await
+                .unwrap();
             let sent: usize = messages.iter().map(|m| m.data_body.len()).sum();
             assert!(sent < b.get_array_memory_size() / 4, "{compression:?} sent {sent} bytes");
             let decoded: Vec<RecordBatch> =
@@ -329,8 +434,11 @@ mod tests {
     async fn encoded_stream_round_trips_with_one_message_per_small_batch() {
         let batches: Vec<RecordBatch> = (0..5).map(|i| batch(1_000 + i)).collect();
         let input = stream::iter(batches.clone().into_iter().map(Ok));
-        let messages: Vec<FlightData> =
-            encode(batches[0].schema(), input, WireOptions::default()).try_collect().await.unwrap();
+        let messages: Vec<FlightData> = encode(batches[0].schema(), input, WireOptions::default())
+            .map_ok(FlightData::from)
+            .try_collect()
+            .await
+            .unwrap();
         assert_eq!(messages.len(), 1 + 5, "the schema, then one message per batch");
         let decoded: Vec<RecordBatch> =
             FlightRecordBatchStream::new_from_flight_data(stream::iter(messages.into_iter().map(Ok)))
@@ -345,8 +453,11 @@ mod tests {
         let keys: DictionaryArray<Int32Type> = vec!["a", "b", "a", "c"].into_iter().collect();
         let schema = Arc::new(Schema::new(vec![Field::new("d", keys.data_type().clone(), true)]));
         let b = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(keys)]).unwrap();
-        let messages: Vec<FlightData> =
-            encode(schema, stream::iter([Ok(b.clone()), Ok(b)]), WireOptions::default()).try_collect().await.unwrap();
+        let messages: Vec<FlightData> = encode(schema, stream::iter([Ok(b.clone()), Ok(b)]), WireOptions::default())
+            .map_ok(FlightData::from)
+            .try_collect()
+            .await
+            .unwrap();
         let decoded: Vec<RecordBatch> =
             FlightRecordBatchStream::new_from_flight_data(stream::iter(messages.into_iter().map(Ok)))
                 .try_collect()
