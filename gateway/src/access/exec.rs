@@ -8,10 +8,13 @@
 //! ## Memory: a budget per stream and one for all
 //! What a read holds is bounded however slow its client ([`Budget`]). Each output partition of
 //! the plan is pumped by its own task; before it reads the next batch from storage, the task
-//! takes room for it (the size of its previous batch) from the stream's budget
+//! takes room for it (the size of its previous batch; for the first, a guess from the plan's
+//! columns, [`first_guess`]) from the stream's budget
 //! (`--stream-budget`) and from the budget all streams share (`--streams-budget`), and waits
-//! while either is spent. The room travels with the batch and is given back once the batch has
-//! been encoded for the client. A batch is charged what it pins: every distinct buffer it
+//! while either is spent. The room travels with the batch and is given back when the stream
+//! asks for the next one: by then every message of the batch has been handed to the connection
+//! (whose send queue, holding at most one message beyond the flow-control window, may still
+//! reference it until written). A batch is charged what it pins: every distinct buffer it
 //! references, whole (a column sliced from a larger read buffer keeps all of it alive). A task
 //! waits only while it holds nothing, so streams never wait on each other in a cycle; when a
 //! batch turns out larger than the room taken it takes the rest if free and is otherwise let
@@ -41,8 +44,9 @@ pub(crate) const DEFAULT_STREAM_BUDGET: usize = 64 << 20;
 /// Default `--streams-budget`: what the batches of every stream together may pin.
 pub(crate) const DEFAULT_STREAMS_BUDGET: usize = 512 << 20;
 
-/// Room taken for a partition's first batch, before its size is known.
-const FIRST_GUESS: usize = 4 << 20;
+/// Bytes a value of a variable-width column (a string, a binary) is guessed to take, with its
+/// offset or view, when a partition's first batch is sized before it is read ([`first_guess`]).
+const VARIABLE_WIDTH_GUESS: usize = 32;
 
 /// Budgets are counted in KiB (a semaphore's permits).
 const UNIT: usize = 1024;
@@ -95,6 +99,27 @@ pub(crate) fn pinned_bytes(batch: &RecordBatch) -> usize {
     total
 }
 
+/// Room to take for a partition's first batch, before its size is known: `batch_rows` rows of
+/// `schema`, fixed-width columns at their width and variable-width ones at
+/// [`VARIABLE_WIDTH_GUESS`] a value. Enough for the batches of a plain scan, so that many
+/// streams starting at once do not each read a batch the shared budget has no room for; small
+/// for an aggregation's few columns, so its long first poll does not hold room it will not use.
+pub(crate) fn first_guess(schema: &arrow::datatypes::Schema, batch_rows: usize) -> usize {
+    fn width(t: &arrow::datatypes::DataType) -> usize {
+        use arrow::datatypes::DataType as T;
+        match t {
+            T::Null => 0,
+            T::Boolean => 1,
+            T::Dictionary(key, _) => width(key),
+            T::Struct(fields) => fields.iter().map(|f| width(f.data_type())).sum(),
+            T::FixedSizeList(f, n) => width(f.data_type()) * (*n).max(0) as usize,
+            T::FixedSizeBinary(n) => (*n).max(0) as usize,
+            t => t.primitive_width().unwrap_or(VARIABLE_WIDTH_GUESS),
+        }
+    }
+    schema.fields().iter().map(|f| width(f.data_type())).sum::<usize>().max(1).saturating_mul(batch_rows)
+}
+
 /// Room taken from a stream's budget and the shared one for one batch.
 #[derive(Debug)]
 struct Room {
@@ -133,11 +158,13 @@ impl Room {
 }
 
 /// Merges `partitions` into one stream, each pumped by its own task on `handle` within
-/// `budget`. Dropping the stream stops the tasks.
+/// `budget`, taking `first` bytes of room for each partition's first batch ([`first_guess`]).
+/// Dropping the stream stops the tasks.
 pub(crate) fn budgeted(
     handle: &Handle,
     partitions: Vec<SendableRecordBatchStream>,
     budget: &Budget,
+    first: usize,
 ) -> impl Stream<Item = Result<RecordBatch, DataFusionError>> + Send + 'static + use<> {
     let count = partitions.len().max(1);
     // Each partition may hold its share of the stream's budget, so partitions of one stream
@@ -149,7 +176,7 @@ pub(crate) fn budgeted(
     for mut partition in partitions {
         let (tx, stream_units, shared) = (tx.clone(), Arc::clone(&stream_units), Arc::clone(&budget.shared));
         handle.spawn(async move {
-            let mut guess = ((FIRST_GUESS / UNIT) as u32).min(cap);
+            let mut guess = (first.div_ceil(UNIT).min(u32::MAX as usize) as u32).clamp(1, cap);
             loop {
                 let room = tokio::select! {
                     // The reader went away: stop reading storage.
@@ -230,8 +257,9 @@ impl Executor {
         budget: &Budget,
     ) -> Result<(impl Stream<Item = Result<RecordBatch, DataFusionError>> + Send + 'static, Vec<(String, Vec<String>)>)>
     {
-        let (ready, started) =
-            tokio::sync::oneshot::channel::<Result<(Vec<SendableRecordBatchStream>, Vec<(String, Vec<String>)>)>>();
+        let (ready, started) = tokio::sync::oneshot::channel::<
+            Result<(Vec<SendableRecordBatchStream>, Vec<(String, Vec<String>)>, usize)>,
+        >();
         self.handle.spawn(async move {
             let task = df.task_ctx();
             let plan = match df.create_physical_plan().await {
@@ -251,17 +279,18 @@ impl Executor {
                 return drop(ready.send(Err(Error::Internal("the plan could not be verified as governed".into()))));
             }
             let read = columns_read(&plan);
+            let first = first_guess(&plan.schema(), task.session_config().batch_size());
             let task = Arc::new(task);
             let partitions = (0..plan.output_partitioning().partition_count())
                 .map(|p| plan.execute(p, Arc::clone(&task)))
                 .collect::<datafusion::error::Result<Vec<_>>>();
             drop(ready.send(match partitions {
-                Ok(p) => Ok((p, read)),
+                Ok(p) => Ok((p, read, first)),
                 Err(e) => Err(Error::execution(label, e)),
             }));
         });
         match started.await {
-            Ok(Ok((partitions, read))) => Ok((budgeted(&self.handle, partitions, budget), read)),
+            Ok(Ok((partitions, read, first))) => Ok((budgeted(&self.handle, partitions, budget, first), read)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::Internal("the execution task ended before the read started".into())),
         }
@@ -449,12 +478,26 @@ mod tests {
         assert!((800_000..900_000).contains(&pinned), "{pinned}");
     }
 
+    #[test]
+    fn a_first_batch_is_guessed_from_the_columns() {
+        use arrow::datatypes::{DataType, Field, Schema};
+        let scan = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("price", DataType::Decimal128(15, 2), false),
+            Field::new("comment", DataType::Utf8, false),
+        ]);
+        assert_eq!(first_guess(&scan, 65_536), (8 + 16 + VARIABLE_WIDTH_GUESS) * 65_536);
+        let aggregate = Schema::new(vec![Field::new("n", DataType::Int64, false)]);
+        assert_eq!(first_guess(&aggregate, 8_192), 8 * 8_192);
+        assert_eq!(first_guess(&Schema::empty(), 10), 10, "never nothing");
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_slow_reader_stops_storage_at_its_budget_and_all_rows_arrive() {
         let produced = Arc::new(AtomicUsize::new(0));
         let budget = Budget::new(8 << 20, 1 << 30);
         let parts = vec![counted(100, Arc::clone(&produced)), counted(100, Arc::clone(&produced))];
-        let mut out = Box::pin(budgeted(&Handle::current(), parts, &budget));
+        let mut out = Box::pin(budgeted(&Handle::current(), parts, &budget, 1 << 20));
         // Nobody reads: each partition stops once its share (4 MiB) is held, plus the batch it
         // took room for.
         settle().await;
@@ -477,7 +520,7 @@ mod tests {
         let produced = Arc::new(AtomicUsize::new(0));
         let budget = Budget::new(64 << 20, 6 << 20);
         let mut streams: Vec<_> = (0..4)
-            .map(|_| Box::pin(budgeted(&Handle::current(), vec![counted(50, Arc::clone(&produced))], &budget)))
+            .map(|_| Box::pin(budgeted(&Handle::current(), vec![counted(50, Arc::clone(&produced))], &budget, 1 << 20)))
             .collect();
         settle().await;
         let held = produced.load(Ordering::SeqCst);

@@ -10,10 +10,11 @@
 //! Slices of view arrays (`Utf8View`, `BinaryView`) still reference every data buffer of the
 //! original array, which the IPC writer would send with each slice; they are compacted first.
 //!
-//! The messages are encoded here rather than by arrow-flight's `FlightDataEncoder`, which starts
-//! every message body as an empty vector and so copies it again each time it doubles (a tenth of
-//! the server's CPU on a large read). [`encode`] keeps the last body's capacity for the next one.
-//! Like arrow-flight's default, dictionary columns are sent as their values (hydrated).
+//! The messages are encoded here rather than by arrow-flight's `FlightDataEncoder`, which copies
+//! every array into one body vector (growing it by doubling). arrow-ipc's `StreamEncoder` hands
+//! out the body as the arrays' own buffers; a [`WireMessage`] keeps them as pieces, which
+//! [`crate::flight::doget`] writes to the connection without joining them. Like arrow-flight's
+//! default, dictionary columns are sent as their values (hydrated).
 //!
 //! Message bodies may be compressed (LZ4 frame or ZSTD, Arrow IPC's own body compression) when
 //! the client asks ([`Compression`]); every Arrow reader decompresses them itself. Messages are
@@ -401,6 +402,17 @@ mod tests {
         assert!(Arc::ptr_eq(whole.column(0), b.column(0)), "a compact view column is sent as it is, uncopied");
         let piece = split(b.slice(0, 10), DEFAULT_MAX_MESSAGE_BYTES).remove(0);
         assert!(piece.column(0).get_buffer_memory_size() < 4096, "{}", piece.column(0).get_buffer_memory_size());
+    }
+
+    #[tokio::test]
+    async fn message_bodies_are_the_batches_own_buffers() {
+        let b = batch(1_000);
+        let messages: Vec<WireMessage> =
+            encode(b.schema(), stream::iter([Ok(b.clone())]), WireOptions::default()).try_collect().await.unwrap();
+        let ids = b.column(0).to_data().buffers()[0].as_ptr();
+        assert!(messages[1].body.iter().any(|piece| piece.as_ptr() == ids), "the id column is sent uncopied");
+        let flight = FlightData::from(messages[1].clone());
+        assert_eq!(flight.data_body.len(), messages[1].body_len());
     }
 
     #[tokio::test]
